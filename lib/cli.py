@@ -1,0 +1,157 @@
+"""Command line over the library: ``python -m lib --help``.
+
+Every user mistake ends with a one-line ``error: ...`` on stderr and exit status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from fractions import Fraction
+
+from .config import METHODS, PROFILES, make_config, paper_grid
+from .data import DATASETS, SOURCES
+from .errors import SambookError
+
+
+def fraction(text: str) -> float:
+    """Parse '8/255', '0.03' or '1e-2' as a float."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r} (try 8/255)") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS)} (default cifar10)")
+    p.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)} (default smoke)")
+    p.add_argument("--data-root", default=None, help="data folder (default $SAMBOOK_DATA, else <repo>/data)")
+    p.add_argument("--source", default="auto", help=f"data source: auto or one of {', '.join(SOURCES)}")
+    p.add_argument("--download", action="store_true", help="download the official files if missing (internet)")
+    p.add_argument("--runs-root", default=None, help="run cache folder (default $SAMBOOK_RUNS, else outputs/runs)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lib", description=(
+        "Train and evaluate ST, SAM and adversarial training on CIFAR (PreActResNet-18); "
+        "runs are cached under outputs/runs/."))
+    ap.add_argument("--list-methods", action="store_true", help="list the training methods and exit")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train and evaluate one configuration (reuses a finished run)")
+    t.add_argument("--method", default="st", help="training method (see --list-methods)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--rho", type=float, default=None, help="SAM radius (sam, asam, sam_at)")
+    t.add_argument("--norm", default=None, help="training attack norm: linf or l2")
+    t.add_argument("--eps", type=fraction, default=None, help="training attack budget, e.g. 8/255")
+    t.add_argument("--alpha", type=fraction, default=None, help="training attack step, e.g. 2/255")
+    t.add_argument("--steps", type=int, default=None, help="training attack PGD steps")
+    t.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="method hyperparameter, e.g. --hp beta=6 (repeatable)")
+    t.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
+    t.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_common(t)
+
+    g = sub.add_parser("grid", help="run the paper's grid (ST, SAM sweep, AT L-inf and L2) for a profile")
+    g.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    g.add_argument("--only", default=None, help="comma-separated methods to keep (e.g. st,sam)")
+    _add_common(g)
+
+    sub.add_parser("list-methods", help="list the training methods")
+    return ap
+
+
+def list_methods() -> str:
+    lines = [f"{m:8s} {s.description} (passes per step: {s.passes})" for m, s in METHODS.items()]
+    return "\n".join(lines)
+
+
+def _hparams(items) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SambookError(f"--hp expects NAME=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = float(Fraction(v)) if "/" in v else float(v)
+        except (ValueError, ZeroDivisionError):
+            raise SambookError(f"--hp {k}: not a number: {v!r}") from None
+    return out
+
+
+def _train(args) -> int:
+    from . import runs
+    over = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, rho=args.rho,
+                                  norm=args.norm, eps=args.eps, alpha=args.alpha, steps=args.steps).items()
+            if v is not None}
+    if args.source != "auto":
+        over["data_source"] = args.source
+    cfg = make_config(args.method, args.profile, args.dataset, args.seed, extra=_hparams(args.hp), **over)
+    res = runs.run(cfg, data_root=args.data_root, runs_root=args.runs_root, device=args.device,
+                   download=args.download, progress=not args.no_progress, retrain=args.retrain)
+    m = res.metrics
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+    else:
+        cols = ["natural"] + [b.name for b in cfg.eval_budgets]
+        print(f"{m['label']} [{m['profile']} profile] -> {res.path}")
+        print(f"  data: {m['data']}")
+        print("  " + "  ".join(f"{c} {m[c]:.2f}%" for c in cols))
+        print(f"  train {m['train_seconds']:.1f} s, {m['images_per_second']:.0f} images/s on {m['device']}")
+    return 0
+
+
+def _grid(args) -> int:
+    from . import runs
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    cfgs = paper_grid(args.profile, args.dataset, seeds=seeds)
+    if args.only:
+        keep = set(args.only.split(","))
+        bad = keep - set(METHODS)
+        if bad:
+            raise SambookError(f"unknown method(s) {', '.join(sorted(bad))}; valid methods: {', '.join(METHODS)}")
+        cfgs = [c for c in cfgs if c.method in keep]
+    if args.source != "auto":
+        from dataclasses import replace
+        cfgs = [replace(c, data_source=args.source) for c in cfgs]
+    for c in cfgs:
+        r = runs.run(c, data_root=args.data_root, runs_root=args.runs_root, device=args.device,
+                     download=args.download, progress=not args.no_progress)
+        m = r.metrics
+        print(f"{m['label']:24s} natural {m['natural']:6.2f}  " +
+              "  ".join(f"{b.name} {m[b.name]:6.2f}" for b in c.eval_budgets))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        if args.list_methods or args.command == "list-methods":
+            print(list_methods())
+            return 0
+        if args.command == "train":
+            return _train(args)
+        if args.command == "grid":
+            return _grid(args)
+        ap.print_help()
+        return 0
+    except SambookError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished runs are kept and an unfinished run resumes from its last epoch",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

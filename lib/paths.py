@@ -1,0 +1,47 @@
+"""Where things live. Every location can be overridden by an argument or an environment variable.
+
+- ``SAMBOOK_DATA``: the data root (see :mod:`lib.data`). Default: ``<repo>/data``.
+- ``SAMBOOK_OUTPUTS``: where runs, figures, tables and notebooks go. Default: ``<repo>/outputs``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: the argument, else ``$SAMBOOK_DATA``, else ``<repo>/data``."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get("SAMBOOK_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    return REPO_ROOT / "data"
+
+
+def outputs_root(root: str | os.PathLike | None = None) -> Path:
+    """The outputs root: the argument, else ``$SAMBOOK_OUTPUTS``, else ``<repo>/outputs``."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get("SAMBOOK_OUTPUTS")
+    if env:
+        return Path(env).expanduser().resolve()
+    return REPO_ROOT / "outputs"
+
+
+def runs_root(root: str | os.PathLike | None = None) -> Path:
+    """Cached runs: the argument, else ``$SAMBOOK_RUNS``, else ``<outputs>/runs``."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get("SAMBOOK_RUNS")
+    if env:
+        return Path(env).expanduser().resolve()
+    return outputs_root() / "runs"
+
+
+def cache_root() -> Path:
+    """Decoded-dataset cache: ``$SAMBOOK_CACHE`` or ``<outputs>/cache`` (gitignored)."""
+    env = os.environ.get("SAMBOOK_CACHE")
+    return Path(env).expanduser().resolve() if env else outputs_root() / "cache"
