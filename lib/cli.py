@@ -64,7 +64,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--only", default=None, help="comma-separated methods to keep (e.g. st,sam)")
     _add_common(g)
 
+    sw = sub.add_parser("sweep", help="run the paper's grid through an executor (local or ray), without the chapters")
+    sw.add_argument("--executor", default=None, help="local | ray (default $EXECUTOR, else local)")
+    sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    sw.add_argument("--only", default=None, help="comma-separated methods to keep (e.g. st,sam)")
+    sw.add_argument("--max-retries", type=int, default=2, help="further attempts of a failed run (default 2)")
+    sw.add_argument("--cpus-per-run", type=int, default=1, help="CPUs per Ray task on a cluster without GPUs")
+    sw.add_argument("--gpus-per-run", type=float, default=1.0, help="GPUs per Ray task (0.5: two runs per GPU)")
+    _add_common(sw)
+
     sub.add_parser("list-methods", help="list the training methods")
+
+    b = sub.add_parser("bench", help="speed benchmark: the engine vs a reference-style loop (writes outputs/bench/)")
+    b.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    b.add_argument("--width", type=int, default=None, help="network width (default 64 on CUDA, 8 on a CPU)")
+    b.add_argument("--batch-size", type=int, default=None, help="batch size of both sides (default 128)")
+    b.add_argument("--steps", type=int, default=None, help="batches per repeat (default 20 on CUDA, 2 on a CPU)")
+    b.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported")
+    b.add_argument("--warmup", type=int, default=None, help="untimed repeats first")
+    b.add_argument("--eval-images", type=int, default=None, help="test images per evaluation repeat")
+    b.add_argument("--loader-workers", type=int, default=None, help="reference DataLoader workers (default 0)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on a CPU: shared cores)")
+    b.add_argument("--compile", action="store_true", help="also time torch.compile of the model (CUDA only)")
+    b.add_argument("--compile-mode", default=None, help="torch.compile mode (default: default)")
+    b.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10 (same speed)")
+    b.add_argument("--quick", action="store_true", help="a tiny configuration (seconds; for tests)")
+    b.add_argument("--out", default=None, help="output folder (default outputs/bench)")
+    b.add_argument("--data-root", default=None, help="data folder (default $SAMBOOK_DATA, else <repo>/data)")
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    c = sub.add_parser("check-data", help="say which data a profile would use, or fail with the data error")
+    c.add_argument("--profile", default="auto", help="smoke | fast | paper | auto")
+    c.add_argument("--dataset", default="cifar10")
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--download", action="store_true")
     return ap
 
 
@@ -130,6 +163,79 @@ def _grid(args) -> int:
     return 0
 
 
+def _check_data(args) -> int:
+    from .data import find_source
+    profile = args.profile
+    if profile == "auto":
+        from .book import default_profile
+        profile = default_profile()
+    if profile not in PROFILES:
+        raise SambookError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
+    source, path = find_source(args.dataset, args.data_root, PROFILES[profile].sources, args.download)
+    print(f"data: {args.dataset} for the {profile} profile from the {source} source at {path}")
+    return 0
+
+
+def _sweep_configs(args) -> list:
+    profile = args.profile
+    if profile == "auto":
+        from .book import default_profile
+        profile = default_profile()
+    if profile not in PROFILES:
+        raise SambookError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise SambookError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    cfgs = paper_grid(profile, args.dataset, seeds=seeds)
+    if args.only:
+        keep = {m.strip() for m in args.only.split(",") if m.strip()}
+        bad = keep - set(METHODS)
+        if bad:
+            raise SambookError(f"unknown method(s) {', '.join(sorted(bad))}; valid methods: {', '.join(METHODS)}")
+        cfgs = [c for c in cfgs if c.method in keep]
+        if not cfgs:
+            raise SambookError(f"the {profile} grid has no run of method(s) {args.only} (it has st, sam, at)")
+    if args.source != "auto":
+        from dataclasses import replace
+        cfgs = [replace(c, data_source=args.source) for c in cfgs]
+    return cfgs
+
+
+def _sweep(args) -> int:
+    from .executor import run_grid
+    cfgs = _sweep_configs(args)
+    report = run_grid(cfgs, executor=args.executor, data_root=args.data_root, runs_root=args.runs_root,
+                      device=args.device, max_retries=args.max_retries, progress=not args.no_progress,
+                      download=args.download, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    for c, r in zip(report.configs, report.results):
+        if r is None:
+            continue
+        m = r.metrics
+        print(f"{m['label']:24s} s{c.seed} natural {m['natural']:6.2f}  " +
+              "  ".join(f"{b.name} {m[b.name]:6.2f}" for b in c.eval_budgets if b.name in m))
+    print(report.summary())
+    if report.missing:
+        print(f"error: {len(report.missing)} run(s) did not finish (run the sweep again to retry them; finished "
+              f"runs are kept and unfinished ones resume from their last epoch):", file=sys.stderr)
+        for name in report.missing:
+            print(f"  {name}: {report.failed.get(name, 'not run')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench
+    cfg = bench.default_config(
+        args.device, quick=args.quick, width=args.width, batch_size=args.batch_size, steps=args.steps,
+        repeats=args.repeats, warmup=args.warmup, eval_images=args.eval_images, loader_workers=args.loader_workers,
+        threads=args.threads, compile=args.compile or None, compile_mode=args.compile_mode, data="synthetic" if args.synthetic else None)
+    res = bench.run_bench(cfg, out_dir=args.out, data_root=args.data_root, progress=not args.no_progress)
+    print(bench.to_markdown(res))
+    print("written: " + ", ".join(res["files"]))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -140,8 +246,14 @@ def main(argv=None) -> int:
             return 0
         if args.command == "train":
             return _train(args)
+        if args.command == "check-data":
+            return _check_data(args)
         if args.command == "grid":
             return _grid(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "sweep":
+            return _sweep(args)
         ap.print_help()
         return 0
     except SambookError as e:

@@ -161,10 +161,23 @@ class RunConfig:
         elif m in ("sam", "asam"):
             base = f"{m.upper()} rho={self.rho:g}"
         else:
-            base = f"{m.upper().replace('_', '+')} {'L-inf' if self.norm == 'linf' else 'L2'} {self.eps * 255:g}/255"
+            shown = {"arow": "ARoW"}.get(m, m.upper().replace('_', '+'))
+            base = f"{shown} {'L-inf' if self.norm == 'linf' else 'L2'} {self.eps * 255:g}/255"
             if m == "sam_at":
                 base += f" rho={self.rho:g}"
+        for k, v in self._shown_hparams():
+            base += f" {k}={v:g}"
         return base
+
+    def _shown_hparams(self) -> list:
+        """A method's extra hyperparameters worth a label: the first always, the others if not default."""
+        from .methods import EXTRA_HPARAMS  # local: methods imports this module
+        out = []
+        for i, (k, (default, _)) in enumerate(EXTRA_HPARAMS.get(self.method, {}).items()):
+            v = self.hparam(k, default)
+            if i == 0 or v != default:
+                out.append((k, v))
+        return out
 
     @property
     def name(self) -> str:
@@ -175,6 +188,7 @@ class RunConfig:
             parts.append(f"rho{self.rho:g}")
         if METHODS[m].adversarial:
             parts.append(f"{self.norm}{self.eps * 255:g}")
+        parts += [f"{k}{v:g}" for k, v in self._shown_hparams()]
         parts += [f"s{self.seed}", self.profile]
         return "-".join(parts)
 
@@ -245,7 +259,7 @@ def make_config(method: str = "st", profile: str = "smoke", dataset: str = "cifa
     unknown = set(overrides) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))} for method {method!r}")
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    base.update(overrides)
     base["extra"] = tuple(sorted(extra.items()))
     return RunConfig(**base).validate()
 

@@ -56,8 +56,8 @@ class CifarData:
 
     def describe(self) -> str:
         """One sentence naming the data a result was computed on."""
-        s = (f"{self.name.upper().replace('CIFAR', 'CIFAR-')} from the {self.source} source at "
-             f"{self.location}: {len(self.y_train)} training and {len(self.y_test)} test images")
+        s = (f"{self.name.upper().replace('CIFAR', 'CIFAR-')} from the {self.source} source "
+             f"'{Path(self.location).name}': {len(self.y_train)} training and {len(self.y_test)} test images")
         return s + (f"; {self.note}" if self.note else "")
 
     def to(self, device) -> "CifarData":
@@ -276,7 +276,8 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, padding: 
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     bi = torch.arange(b, device=x.device)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]           # (B, H, W, C)
-    return out.permute(0, 3, 1, 2)
+    # contiguous NCHW: the CPU backward of a channels_last-strided odd-sized batch crashes (torch 2.14)
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,

@@ -130,3 +130,4 @@ def validate_extra(config) -> None:
 
 def make_strategy(config, autocast_dtype=None) -> Strategy:
     return STRATEGIES[config.method](config, autocast_dtype)
+from . import beyond  # noqa: E402,F401  (registers awp, trades, arow)

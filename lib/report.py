@@ -65,3 +65,25 @@ def _to_latex(df, floatfmt: str, caption: str | None) -> str:
     for key, row in df.iterrows():
         lines.append(" & ".join([esc(str(key))] + [esc(_fmt(v, floatfmt)) for v in row]) + r" \\")
     return "\n".join(lines) + "\n"
+
+
+def banner(profile: str, data_description: str) -> str:
+    """The sentence every chapter prints first: which profile and which data made its numbers."""
+    from .config import PROFILES
+    p = PROFILES[profile]
+    lines = [f"Profile: {profile} ({p.description}; network width {p.width}, {p.epochs} epochs)."]
+    if profile == "smoke":
+        lines.append("SMOKE NUMBERS: a tiny network trained for seconds on a CPU. They show that the code runs, "
+                     "not what the paper's claims look like.")
+    lines.append(f"Data: {data_description}.")
+    return "\n".join(lines)
+
+
+def rel(path) -> str:
+    """A path relative to the repository (so printed output is the same on every machine)."""
+    from pathlib import Path
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(paths.REPO_ROOT))
+    except ValueError:
+        return p.name

@@ -111,14 +111,16 @@ def _history_csv(history: list) -> str:
 
 def run(config: RunConfig, data_root=None, runs_root=None, device=None, download: bool = False,
         progress: bool = True, retrain: bool = False, stop_after_epoch: int | None = None,
-        compile_model: bool = False) -> RunResult | None:
+        compile_model: bool = False, need_model: bool = False) -> RunResult | None:
     """Train and evaluate ``config`` unless a finished run exists; return its :class:`RunResult`.
 
+    ``need_model``: a finished run whose weights are missing (e.g. committed metrics of a GPU run,
+    whose model.pt is never committed) is trained again so that :func:`load_model` works.
     Returns None if ``stop_after_epoch`` interrupted the run (its checkpoint is kept for a resume).
     """
     config = resolve(config, data_root, download) if config.data_source == "auto" else config
     path = run_dir(config, runs_root)
-    if is_finished(path) and not retrain:
+    if is_finished(path) and not retrain and not (need_model and not (path / MODEL).exists()):
         return load_run(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -208,3 +210,41 @@ def run_all(configs, data_root=None, runs_root=None, device=None, progress: bool
     return [run(c, data_root=data_root, runs_root=runs_root, device=device, progress=progress, **kw)
             for c in configs]
 
+
+
+def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, steps: int | None = None,
+                     device=None):
+    """Robust accuracy (%) against eps for a finished run, cached as ``curve-<norm>.csv`` in its folder.
+
+    Step size eps/4 (L-inf) or eps/8 (L2), as in the paper's evaluation; ``steps`` defaults to the
+    config's eval_steps. Also gives the per-example running minimum over increasing eps (a model can
+    never be more robust at a larger eps than at a smaller one). Returns a pandas DataFrame.
+    """
+    import pandas as pd
+
+    from .attacks import Budget
+    steps = result.config.eval_steps if steps is None else steps
+    eps_list = sorted(float(e) for e in eps_list)
+    key = ",".join(f"{e * 255:.4g}" for e in eps_list)
+    cache = result.path / f"curve-{norm}.csv"
+    if cache.exists():
+        df = pd.read_csv(cache)
+        if "key" in df and (df["key"] == f"{key}|{steps}").all():
+            return df.drop(columns="key")
+    device = torch.device(device) if device is not None else default_device()
+    model = load_model(result, device)
+    data = load_data_for(result.config, data_root, device=device)
+    ratio = 4 if norm == "linf" else 8
+    budgets = tuple(Budget(norm, e, e / ratio) for e in eps_list)
+    cuda = device.type == "cuda"
+    r = evaluate(model, data.x_test, data.y_test, budgets=budgets, steps=steps, seed=result.config.seed,
+                 autocast_dtype=torch.bfloat16 if cuda else None, per_example=True)
+    running = r["natural_correct"].clone()
+    rows = []
+    for b in budgets:
+        running &= r[f"{b.name}_correct"]
+        rows.append({"label": result.config.label, "norm": norm, "eps_255": b.eps * 255, "robust_acc": r[b.name],
+                     "running_min": 100.0 * running.float().mean().item()})
+    df = pd.DataFrame(rows)
+    atomic_write(cache, lambda p: df.assign(key=f"{key}|{steps}").to_csv(p, index=False))
+    return df

@@ -60,6 +60,27 @@ def build_optimizer(config, model, device):
     return torch.optim.SGD(model.parameters(), **kw)
 
 
+def train_epoch(net, strategy, opt, x_train, y_train, batch_size: int, data_gen, attack_gen,
+                channels_last: bool = False, on_step=None):
+    """One pass over (x_train, y_train) already on the device: shuffle, augment, one strategy step per batch.
+
+    Metrics accumulate on the device, so nothing here waits for the GPU. Returns (loss_sum, correct):
+    device tensors, the summed training loss and the number of correct predictions.
+    """
+    loss_sum = torch.zeros((), device=y_train.device)
+    correct = torch.zeros((), device=y_train.device, dtype=torch.long)
+    for xb, yb in batches(x_train, y_train, batch_size, shuffle=True, generator=data_gen):
+        x = augment(to_float(xb), data_gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, logits = strategy.step(net, opt, x, yb, attack_gen)
+        loss_sum += loss.float() * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+        if on_step is not None:
+            on_step()
+    return loss_sum, correct
+
+
 @dataclass
 class TrainResult:
     model: torch.nn.Module
@@ -126,19 +147,11 @@ def train(config, data, device=None, run_dir=None, progress: bool = True, stop_a
             data_gen = make_generator(device, stream_seed(config.seed, epoch, 0))
             attack_gen = make_generator(device, stream_seed(config.seed, epoch, 1))
             model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            for xb, yb in batches(data.x_train, data.y_train, config.batch_size, shuffle=True, generator=data_gen):
-                x = augment(to_float(xb), data_gen)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                loss, logits = strategy.step(net, opt, x, yb, attack_gen)
-                loss_sum += loss.float() * len(yb)
-                correct += (logits.argmax(1) == yb).sum()
-                bar.update(1)
+            loss_sum, correct = train_epoch(net, strategy, opt, data.x_train, data.y_train, config.batch_size,
+                                            data_gen, attack_gen, channels_last=cuda, on_step=lambda: bar.update(1))
             train_loss = loss_sum.item() / n_train      # the one sync per epoch
             train_acc = 100.0 * correct.item() / n_train
             dt = time.perf_counter() - t0

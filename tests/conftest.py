@@ -1,0 +1,55 @@
+"""Shared fixtures: the real byte-exact CIFAR-10 subset (via $SAMBOOK_DATA) and a small trained model.
+
+Without data the session stops at once with the project's data error (never a pile of failures).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lib import data as D
+from lib.config import make_config
+from lib.errors import DataNotFoundError
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_sessionstart(session):
+    if session.config.getoption("--nbval", default=False):
+        return
+    try:
+        D.find_source("cifar10", None, ("npz",))
+    except DataNotFoundError as e:
+        pytest.exit(f"error: {e}", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def exact():
+    """The 6,102-image byte-exact CIFAR-10 subset, as uint8 tensors on the CPU."""
+    return D.load_dataset("cifar10", sources=("npz",))
+
+
+@pytest.fixture(scope="session")
+def test_batch(exact):
+    """200 test images (20 per class) as floats in [0, 1], and labels."""
+    sub = exact.subset(test_per_class=20, seed=0)
+    return D.to_float(sub.x_test), sub.y_test
+
+
+@pytest.fixture(scope="session")
+def trained(exact):
+    """A width-8 PreActResNet-18 trained with ST on the 5,085 exact training images (3 epochs)."""
+    from lib.train import train
+    cfg = make_config("st", "smoke", train_per_class=None, epochs=3, epoch_eval_size=50, eval_steps=1)
+    res = train(cfg, exact.subset(test_per_class=5), device="cpu", progress=False)
+    return res.model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_other_seed(exact):
+    """A second model (another seed, less training): the source of transfer attacks."""
+    from lib.train import train
+    cfg = make_config("st", "smoke", seed=1, train_per_class=None, epochs=2, epoch_eval_size=50, eval_steps=1)
+    return train(cfg, exact.subset(test_per_class=5), device="cpu", progress=False).model.eval()

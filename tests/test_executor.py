@@ -1,0 +1,221 @@
+"""The run executors (lib.executor): the local one and Ray, behind the same run cache.
+
+Tiny configs (one or two epochs of 200 images, width 8) on the real byte-exact CIFAR-10 subset. The
+Ray tests start one real local Ray instance with 2 CPUs (a task per CPU); they are marked ``ray`` and
+skipped when ray is not installed. Faults are injected by swapping ``lib.executor._task_fn`` (passed
+to the Ray tasks by value), never through the config: the config and its hash stay the real ones.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import pytest
+import torch
+
+from lib import executor, runs
+from lib.config import make_config
+from lib.errors import ConfigError
+
+TINY = dict(epochs=1, train_per_class=20, test_per_class=5, epoch_eval_size=20, eval_steps=1, data_source="npz")
+
+
+def tiny(method="st", seed=0, **over):
+    return make_config(method, "smoke", seed=seed, **{**TINY, **over})
+
+
+def tiny_grid():
+    return [tiny("st"), tiny("sam", rho=0.1), tiny("at", norm="linf", eps=8 / 255), tiny("at", norm="l2", eps=128 / 255)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Sequential runs with 1 torch thread, as each Ray CPU task gets: the same arithmetic, bit for bit
+    (and no oversubscription of the 2 shared cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="the ray executor needs the optional ray extra "
+                                            "(pip install -r requirements-extra.txt)")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")   # a loaded shared machine starts slowly
+    executor._connect_ray(None, dict(address="local", num_cpus=2, object_store_memory=100 * 2**20,
+                                     include_dashboard=False, log_to_driver=False))
+    yield ray
+    ray.shutdown()
+
+
+def _weights(result):
+    return torch.load(result.path / runs.MODEL, map_location="cpu", weights_only=True)
+
+
+def _accuracies(result):
+    return {k: result.metrics[k] for k in ["natural"] + [b.name for b in result.config.eval_budgets]}
+
+
+def _history(result, keys=("epoch", "train_loss", "train_acc", "test_acc")):
+    return [{k: row[k] for k in keys} for row in result.history]
+
+
+# -- choosing the executor ------------------------------------------------------------------------
+
+def test_executor_from_argument_else_env_else_local(monkeypatch):
+    monkeypatch.delenv("EXECUTOR", raising=False)
+    assert executor.choose_executor() == "local"
+    monkeypatch.setenv("EXECUTOR", "Ray")
+    assert executor.choose_executor() == "ray"
+    assert executor.choose_executor("local") == "local"
+    with pytest.raises(ConfigError, match="valid executors: local, ray"):
+        executor.choose_executor("slurm")
+
+
+def test_runs_are_named_by_config_name_and_by_hash_only_when_ambiguous():
+    a, b, c = tiny("st"), tiny("st", lr=0.05), tiny("sam")
+    assert executor.run_name(c, [a, b, c]) == c.name
+    assert executor.run_name(a, [a, b, c]) == f"{a.name}-{a.config_hash()}" != executor.run_name(b, [a, b, c])
+
+
+# -- local executor ---------------------------------------------------------------------------------
+
+def test_local_grid_resumes_finished_and_checkpointed_runs(tmp_path, monkeypatch, caplog):
+    done, fresh, cut = tiny("st"), tiny("sam"), tiny("st", seed=1, epochs=2)
+    first = runs.run(done, runs_root=tmp_path, progress=False)
+    assert runs.run(cut, runs_root=tmp_path, progress=False, stop_after_epoch=1) is None
+    assert (runs.run_dir(cut, tmp_path) / "checkpoint.pt").exists()
+    mtime = (first.path / runs.METRICS).stat().st_mtime_ns
+
+    calls = []
+    real = executor._task_fn
+
+    def counting(config, **kw):
+        calls.append(config.name)
+        return real(config, **kw)
+
+    monkeypatch.setattr(executor, "_task_fn", counting)
+    with caplog.at_level(logging.INFO, logger="lib.train"):
+        report = executor.run_grid([done, fresh, cut, done], executor="local", runs_root=tmp_path, progress=False)
+
+    assert report.ok and report.failed == {} and report.missing == []
+    assert calls == [fresh.name, cut.name]                  # the finished run is not trained again
+    assert report.cached == [done.name] and report.trained == [fresh.name, cut.name]
+    assert (first.path / runs.METRICS).stat().st_mtime_ns == mtime
+    assert report.results[0].path == report.results[3].path == first.path
+    assert f"resumed {cut.name} at epoch 1" in caplog.text    # from its checkpoint, not from scratch
+    assert not (runs.run_dir(cut, tmp_path) / "checkpoint.pt").exists()
+
+    # the resumed run is the run that was never interrupted
+    whole = runs.run(cut, runs_root=tmp_path / "whole", progress=False)
+    resumed = report.results[2]
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert _history(resumed) == _history(whole)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(resumed).values(), _weights(whole).values()))
+
+
+def test_local_failure_is_retried_then_reported_by_name(tmp_path, monkeypatch):
+    ok, bad = tiny("st"), tiny("sam")
+    real = executor._task_fn
+    tries = []
+
+    def broken_sam(config, **kw):
+        if config.method == "sam":
+            tries.append(1)
+            raise RuntimeError("injected failure")
+        return real(config, **kw)
+
+    monkeypatch.setattr(executor, "_task_fn", broken_sam)
+    report = executor.run_grid([bad, ok], executor="local", runs_root=tmp_path, max_retries=1, progress=False)
+    assert len(tries) == 2 and report.attempts[bad.name] == 2
+    assert report.failed == {bad.name: "RuntimeError: injected failure"}
+    assert report.missing == [bad.name] and report.results[0] is None
+    assert report.results[1] is not None and runs.is_finished(report.results[1].path)
+    with pytest.raises(executor.GridError, match="injected failure"):
+        report.raise_for_failures()
+
+
+def test_sweep_cli_exit_status_and_summary(tmp_path, monkeypatch, capsys):
+    from lib import cli
+    monkeypatch.setattr(cli, "paper_grid", lambda profile, dataset, seeds=None: [tiny("st"), tiny("sam")])
+    args = ["sweep", "--executor", "local", "--runs-root", str(tmp_path), "--no-progress", "--only", "st"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "ST" in out and "1 trained, 0 failed" in out
+
+    def fail(config, **kw):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(executor, "_task_fn", fail)
+    assert cli.main(args[:-2] + ["--max-retries", "0"]) == 1       # st cached, sam fails
+    cap = capsys.readouterr()
+    assert "1 from the cache" in cap.out and f"{tiny('sam').name}: RuntimeError: injected failure" in cap.err
+    assert cli.main(["sweep", "--executor", "slurm", "--no-progress"]) == 2
+    assert "valid executors" in capsys.readouterr().err
+
+
+# -- Ray executor (a real local instance: 2 CPUs, 2 workers) ---------------------------------------
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_grid_equals_sequential_grid(tmp_path, ray_cluster):
+    grid = tiny_grid()
+    par = executor.run_grid(grid, executor="ray", runs_root=tmp_path / "ray", progress=False)
+    seq = executor.run_grid(grid, executor="local", runs_root=tmp_path / "seq", progress=False)
+    assert par.ok and seq.ok and len(par.trained) == len(grid)
+    for p, s in zip(par.results, seq.results):
+        assert p.config == s.config and p.path.name == s.path.name      # same config, same cache folder
+        assert _accuracies(p) == _accuracies(s)
+        assert _history(p) == _history(s)
+        assert all(torch.equal(a, b) for a, b in zip(_weights(p).values(), _weights(s).values()))
+    again = executor.run_grid(grid, executor="ray", runs_root=tmp_path / "ray", progress=False)
+    assert again.trained == [] and len(again.cached) == len(grid)         # nothing submitted
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_worker_killed_mid_run_is_retried_and_resumes(tmp_path, ray_cluster, monkeypatch):
+    victim = tiny("sam", epochs=2)
+    grid = [tiny("st"), victim, tiny("st", seed=1)]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    real = executor._task_fn
+
+    def killed_once(config, **kw):
+        if config.name == victim.name:
+            if not (marks / "killed").exists():
+                runs.run(config, **{**kw, "stop_after_epoch": 1})        # one epoch, checkpoint written
+                (marks / "killed").touch()
+                os.kill(os.getpid(), signal.SIGKILL)                      # the worker dies mid-run
+            ckpt = runs.run_dir(config, kw["runs_root"]) / "checkpoint.pt"
+            (marks / f"retry-found-checkpoint-{ckpt.exists()}").touch()
+        return real(config, **kw)
+
+    monkeypatch.setattr(executor, "_task_fn", killed_once)
+    report = executor.run_grid(grid, executor="ray", runs_root=tmp_path / "runs", max_retries=2, progress=False)
+    assert report.ok, report.failed
+    assert report.attempts[victim.name] == 2
+    assert (marks / "retry-found-checkpoint-True").exists()               # the retry resumed from epoch 1
+    assert [r["epoch"] for r in report.results[1].history] == [1, 2]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_run_that_always_fails_is_reported_and_others_finish(tmp_path, ray_cluster, monkeypatch):
+    grid = [tiny("st"), tiny("at", norm="linf", eps=8 / 255), tiny("st", seed=1)]
+    bad = grid[1].name
+    real = executor._task_fn
+
+    def broken_at(config, **kw):
+        if config.method == "at":
+            raise RuntimeError(f"injected failure in {config.name}")
+        return real(config, **kw)
+
+    monkeypatch.setattr(executor, "_task_fn", broken_at)
+    report = executor.run_grid(grid, executor="ray", runs_root=tmp_path, max_retries=1, progress=False)
+    assert report.failed == {bad: f"RuntimeError: injected failure in {bad}"}
+    assert report.attempts[bad] == 2 and report.missing == [bad]
+    assert report.results[0] is not None and report.results[2] is not None
+    assert "1 failed" in report.summary()

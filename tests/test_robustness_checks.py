@@ -1,0 +1,204 @@
+"""The checks of shared/docs/robustness-checks.md that run on a CPU (numbered as there).
+
+A robust accuracy that is too high because the attack is weak is the worst bug this project can
+have; each test below would catch one way of getting there.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.attacks import PAPER_BUDGETS, Budget, fgsm, model_mode, pgd, random_noise
+from lib.evaluate import evaluate
+from lib.models import build_model
+
+
+def acc(model, x, y):
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def robust(model, x, y, **kw):
+    return acc(model, pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kw), y)
+
+
+def test_model_is_clearly_better_than_chance(trained, test_batch):
+    x, y = test_batch
+    assert acc(trained, x, y) > 25.0   # makes every check below meaningful
+
+
+# 1 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,eps", [("linf", 1 / 255), ("linf", 8 / 255), ("linf", 0.5), ("l2", 16 / 255),
+                                      ("l2", 128 / 255), ("l2", 30.0)])
+def test_adversarial_examples_are_feasible(trained, test_batch, norm, eps):
+    x, y = test_batch
+    alpha = eps / 4
+    for x_adv in (pgd(trained, x, y, eps=eps, alpha=alpha, steps=5, norm=norm, restarts=2),
+                  fgsm(trained, x, y, eps=eps, norm=norm), random_noise(x, eps, norm)):
+        d = (x_adv - x).flatten(1)
+        assert torch.isfinite(x_adv).all()
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        if norm == "linf":
+            assert d.abs().max() <= eps + 1e-6
+        else:
+            assert (d.norm(dim=1) <= eps * (1 + 1e-5)).all()
+
+
+# 2 ------------------------------------------------------------------------------------------------
+def test_eps_zero_gives_clean_accuracy(trained, test_batch):
+    x, y = test_batch
+    r = evaluate(trained, x, y, budgets=(Budget("linf", 0.0, 0.0), Budget("l2", 0.0, 0.0)), steps=5)
+    assert r["linf_0"] == r["natural"] == r["l2_0"]
+
+
+# 3 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,scale", [("linf", 1 / 255), ("l2", 8 / 255)])
+def test_accuracy_does_not_rise_with_eps(trained, test_batch, norm, scale):
+    x, y = test_batch
+    epss = [0, 0.5, 1, 2, 4, 8, 16]
+    budgets = tuple(Budget(norm, e * scale, e * scale / 4) for e in epss)
+    r = evaluate(trained, x, y, budgets=budgets, steps=10, per_example=True)
+    accs = [r[b.name] for b in budgets]
+    for a, b in zip(accs, accs[1:]):
+        assert b <= a + 0.5, accs
+    # the per-example running minimum: an example broken at eps stays counted as broken beyond it
+    running = torch.ones_like(r[budgets[0].name + "_correct"])
+    mins = []
+    for b in budgets:
+        running &= r[b.name + "_correct"]
+        mins.append(100.0 * running.float().mean().item())
+    assert all(m2 <= m1 for m1, m2 in zip(mins, mins[1:]))
+    assert max(a - m for a, m in zip(accs, mins)) <= 1.0   # the raw curve is already (almost) the minimum
+    assert accs[-1] < accs[0] - 10   # the attack does something at 16 units
+
+
+# 4 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", PAPER_BUDGETS, ids=lambda b: b.name)
+def test_doubling_steps_changes_little(trained, test_batch, budget):
+    x, y = test_batch
+    r10 = evaluate(trained, x, y, budgets=(budget,), steps=10, per_example=True)[budget.name + "_correct"]
+    r20 = evaluate(trained, x, y, budgets=(budget,), steps=20, per_example=True)[budget.name + "_correct"]
+    # 0.5 pt on the paper's 10,000 images; on these 200, at most 2 images (1 pt) either way
+    assert abs(int(r20.sum()) - int(r10.sum())) <= 2
+    assert (r20 != r10).sum() <= 4          # and the attack breaks (almost) the same images
+
+
+# 5 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,eps", [("linf", 2 / 255), ("l2", 32 / 255)])
+def test_restarts_never_help_the_model(trained, test_batch, norm, eps):
+    x, y = test_batch
+    kw = dict(eps=eps, alpha=eps / 4, steps=5, norm=norm)
+    one = pgd(trained, x, y, generator=torch.Generator().manual_seed(3), restarts=1, **kw)
+    many = pgd(trained, x, y, generator=torch.Generator().manual_seed(3), restarts=4, **kw)
+    with torch.no_grad():
+        ok_one = trained(one).argmax(1) == y
+        ok_many = trained(many).argmax(1) == y
+    assert not (ok_many & ~ok_one).any()      # robust under 4 restarts => robust under 1
+    assert ok_many.sum() <= ok_one.sum()
+
+
+# 6 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,eps,alpha", [("linf", 0.5, 0.05), ("l2", 30.0, 2.0)])
+def test_unbounded_attack_drives_accuracy_to_zero(trained, test_batch, norm, eps, alpha):
+    x, y = test_batch
+    assert robust(trained, x, y, eps=eps, alpha=alpha, steps=20, norm=norm) <= 1.0
+
+
+# 7 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,eps", [("linf", 2 / 255), ("linf", 8 / 255), ("l2", 32 / 255)])
+def test_pgd_beats_random_noise(trained, test_batch, norm, eps):
+    x, y = test_batch
+    noise = acc(trained, random_noise(x, eps, norm, generator=torch.Generator().manual_seed(0)), y)
+    assert robust(trained, x, y, eps=eps, alpha=eps / 4, steps=10, norm=norm) <= noise + 0.2
+
+
+def test_pgd_beats_a_transfer_attack(trained, trained_other_seed, test_batch):
+    x, y = test_batch
+    eps = 4 / 255
+    x_transfer = pgd(trained_other_seed, x, y, eps=eps, alpha=eps / 4, steps=10, norm="linf",
+                     generator=torch.Generator().manual_seed(0))
+    white_box = robust(trained, x, y, eps=eps, alpha=eps / 4, steps=10, norm="linf")
+    assert white_box <= acc(trained, x_transfer, y) + 0.2
+
+
+# 8 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,eps", [("linf", 1 / 255), ("linf", 4 / 255), ("l2", 16 / 255), ("l2", 64 / 255)])
+def test_pgd_beats_fgsm(trained, test_batch, norm, eps):
+    x, y = test_batch
+    one_step = acc(trained, fgsm(trained, x, y, eps=eps, norm=norm), y)
+    assert robust(trained, x, y, eps=eps, alpha=eps / 4, steps=10, norm=norm) <= one_step + 0.2
+
+
+# 9 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", PAPER_BUDGETS, ids=lambda b: b.name)
+def test_attack_loss_rises_along_iterations(trained, test_batch, budget):
+    x, y = test_batch
+    _, losses = pgd(trained, x, y, eps=budget.eps, alpha=budget.alpha, steps=10, norm=budget.norm,
+                    generator=torch.Generator().manual_seed(0), return_losses=True)
+    assert losses.shape == (11, len(y))
+    rose = (losses[-1] >= losses[0]).float().mean().item()
+    assert rose >= 0.99
+    assert (losses.mean(1)[1:] >= losses.mean(1)[:-1] - 1e-4).all()   # the mean loss never drops
+
+
+# 10 -----------------------------------------------------------------------------------------------
+def test_undefended_model_is_broken_at_8_over_255(trained, test_batch):
+    x, y = test_batch
+    assert robust(trained, x, y, eps=8 / 255, alpha=2 / 255, steps=20, norm="linf") <= 1.0
+
+
+# 11 -----------------------------------------------------------------------------------------------
+def test_gradients_reach_the_input_and_logits_reach_the_loss(trained, test_batch):
+    x, y = test_batch
+    delta = torch.zeros_like(x, requires_grad=True)
+    logits = trained(x + delta)
+    assert (logits < 0).any() and not torch.allclose(logits.sum(1), torch.ones(len(y)))  # logits, not probs
+    (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), delta)
+    assert (g.flatten(1).abs().sum(1) > 0).all()
+
+
+# 12 -----------------------------------------------------------------------------------------------
+def test_evaluation_is_deterministic(trained, test_batch):
+    x, y = test_batch
+    with torch.no_grad():
+        assert (trained(x) - trained(x)).abs().max() <= 1e-4
+    assert evaluate(trained, x, y, steps=3) == evaluate(trained, x, y, steps=3)
+
+
+# 13 -----------------------------------------------------------------------------------------------
+def test_evaluation_has_no_side_effects(trained, test_batch):
+    x, y = test_batch
+    model = copy.deepcopy(trained)
+    model.train()
+    model.layer2.eval()            # a mixed state must come back exactly as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    evaluate(model, x, y, steps=3)
+    pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=3)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)    # BatchNorm statistics included
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_model_mode_restores_after_an_exception(trained):
+    model = copy.deepcopy(trained).train()
+    with pytest.raises(RuntimeError):
+        with model_mode(model, training=False):
+            raise RuntimeError("boom")
+    assert all(m.training for m in model.modules())
+
+
+# 14 -----------------------------------------------------------------------------------------------
+def test_normalisation_happens_once_inside_the_model(exact):
+    from lib.data import to_float
+    x = to_float(exact.x_test[:64])
+    assert x.min() >= 0 and x.max() <= 1 and x.dtype == torch.float32
+    model = build_model(10, 8).eval()
+    z = model.normalize(x)
+    # per-channel statistics of real images after the model's normalisation: near zero mean, unit std
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 0.35
+    assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.35
