@@ -6,6 +6,7 @@
 SHELL := /bin/bash
 PROFILE ?= auto
 EXECUTOR ?= local
+export EXECUTOR
 CONDA := $(shell command -v conda 2>/dev/null)
 ENV_DIR ?= $(if $(CONDA),.conda-env,.venv)
 PY := $(ENV_DIR)/bin/python

@@ -191,8 +191,22 @@ class Budget:
         return f"{'L-inf' if self.norm == 'linf' else 'L2'} {self.eps * 255:g}/255"
 
 
-# The paper's four evaluation budgets: PGD-10, step eps/4 for L-inf and eps/8 for L2.
-PAPER_BUDGETS = (
+# Evaluation step size: eps/4 under both norms. The paper uses eps/4 for L-inf but eps/8 for L2;
+# with eps/8, PGD-10 travels at most 1.25 eps, and on a trained CPU model it is not converged at
+# L2 32/255 (doubling the steps lowers accuracy by ~2.5 points: robustness check 4 fails). Step
+# eps/4 passes that check (tests/test_robustness_checks.py; chapter 02 draws both).
+EVAL_STEP_DIVISOR = 4
+
+
+def eval_budget(norm: str, eps: float) -> Budget:
+    """The book's evaluation budget at ``eps``: step eps/4 (see ``EVAL_STEP_DIVISOR``)."""
+    return Budget(norm, eps, eps / EVAL_STEP_DIVISOR)
+
+
+# The paper's four evaluation budgets (L-inf 1/255, 2/255; L2 16/255, 32/255), PGD-10, our step size.
+PAPER_BUDGETS = tuple(eval_budget(n, e / 255) for n, e in (("linf", 1), ("linf", 2), ("l2", 16), ("l2", 32)))
+# The same budgets with the paper's own step sizes (eps/8 under L2), for the convergence comparison.
+PAPER_PROTOCOL_BUDGETS = (
     Budget("linf", 1 / 255, 0.25 / 255),
     Budget("linf", 2 / 255, 0.5 / 255),
     Budget("l2", 16 / 255, 2 / 255),

@@ -66,6 +66,14 @@ def package() -> str:
         return name
 
 
+def _standard_settings(aa, version: str) -> None:
+    """A custom subset of attacks runs with the standard version's settings (1 restart each)."""
+    if version == "custom":
+        aa.apgd.n_restarts = 1
+        aa.fab.n_restarts = 1
+        aa.apgd_targeted.n_restarts = 1
+
+
 def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
                         n: int | None = 1000, version: str = "standard", attacks=None, batch_size: int = 500,
                         seed: int = 0) -> float:
@@ -76,7 +84,8 @@ def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         x, y: test images (uint8 or float in [0, 1]) and labels.
         norm: "linf" or "l2". eps: budget as a pixel fraction (8/255).
         version: "standard" (the reference evaluation), "plus", "rand", or "custom" with ``attacks``
-            a subset of ``ATTACKS`` (e.g. ``["apgd-ce", "apgd-t"]``, a cheaper check).
+            a subset of ``ATTACKS`` (e.g. ``["apgd-ce", "apgd-t"]``, a cheaper check), each run with
+            the standard version's settings (one restart).
         seed: AutoAttack's seed; the global torch random state is left as it was.
 
     An example counts as robust only if it is classified correctly both clean and after the attack
@@ -110,12 +119,14 @@ def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
             if pkg == "pyautoattack":
                 aa = AutoAttack(model, norm=_NORMS[norm], eps=eps, version=version, seed=seed, device=device,
                                 attacks=list(attacks) if version == "custom" else None)
+                _standard_settings(aa, version)
                 x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
             else:  # the authors' package: positional API, prints unless verbose=False
                 aa = AutoAttack(model, norm=_NORMS[norm], eps=eps, version=version, seed=seed, device=str(device),
                                 verbose=False)
                 if version == "custom":
                     aa.attacks_to_run = list(attacks)
+                _standard_settings(aa, version)
                 x_adv = aa.run_standard_evaluation(x, y, bs=batch_size)
             correct = torch.zeros(len(y), dtype=torch.bool, device=device)
             with torch.no_grad():

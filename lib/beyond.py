@@ -13,7 +13,8 @@ Methods (default training attack: L-inf 8/255, step 2/255, 10 steps; the smoke p
   for every conv/linear weight w_l (``dim > 1``: no BatchNorm parameters, no biases) the proxy's
   change d_l gives v_l = gamma * ||w_l|| * d_l / ||d_l||; the gradient of CE(x_adv) is taken at
   w + v and the optimiser steps from w (the perturbation is removed first, by restoring a copy of
-  w: no rounding residue). Hyperparameter ``gamma`` (0.01).
+  w: no rounding residue). Hyperparameter ``gamma`` (0.01). The proxy's step uses the config's lr,
+  which only scales d_l (normalised away) as long as lr > 0.
 - ``trades``: CE(f(x), y) + beta * KL(p(x) || p(x_adv)) (Zhang et al., ICML 2019); x_adv from PGD
   on the KL term started at x + 0.001 * N(0, 1). Hyperparameter ``beta`` (6).
 - ``arow``: label-smoothed CE on x + 2 * lam * mean_i[KL(p(x_i) || p(x_adv_i)) * (1 - p_y(x_adv_i))]
@@ -258,7 +259,7 @@ def _smoothing(v):
 
 
 def _flag(v):
-    if v not in (0, 1) and v is not True and v is not False:
+    if v not in (0, 1):                     # True/False compare equal to 1/0
         return "must be 1 (weight the KL by 1 - p_y(x_adv)) or 0 (no weight)"
     return None
 

@@ -279,3 +279,15 @@ def paper_grid(profile: str = "smoke", dataset: str = "cifar10", seeds=None, rho
         out += [make_config("at", profile, dataset, s, norm="linf", eps=e / 255) for e in AT_LINF_EPS]
         out += [make_config("at", profile, dataset, s, norm="l2", eps=e / 255) for e in AT_L2_EPS]
     return out
+
+
+def beyond_grid(profile: str = "smoke", dataset: str = "cifar10", seeds=None) -> list[RunConfig]:
+    """The methods beyond the paper (chapter 5; extra rows of chapter 4's tables), L-inf 8/255 where adversarial:
+    ASAM, SAM+AT (rho 0.1), AWP (gamma 0.01), TRADES (beta 6), ARoW (lambda 3.5)."""
+    seeds = PROFILES[profile].seeds if seeds is None else seeds
+    out = []
+    for s in seeds:
+        out += [make_config("asam", profile, dataset, s), make_config("sam_at", profile, dataset, s, rho=0.1),
+                make_config("awp", profile, dataset, s), make_config("trades", profile, dataset, s, beta=6.0),
+                make_config("arow", profile, dataset, s, lam=3.5)]
+    return out

@@ -64,3 +64,17 @@ def evaluate(model, x, y, budgets=PAPER_BUDGETS, steps: int = 10, batch_size: in
         if per_example:
             out[f"{k}_correct"] = c.cpu()
     return out
+
+
+def accuracy_vs_steps(model, x, y, budgets, steps_list=(1, 2, 5, 10, 20, 40), seed: int = 0, **kw) -> list[dict]:
+    """PGD accuracy (%) against the number of iterations, per budget: the convergence check (check 4).
+
+    A converged attack gives (almost) the same accuracy at k and 2k steps. Returns one row per
+    (budget, steps) with keys ``budget``, ``step`` (as a fraction of eps), ``steps``, ``robust_acc``.
+    """
+    rows = []
+    for b in budgets:
+        for k in steps_list:
+            acc = evaluate(model, x, y, budgets=(b,), steps=int(k), seed=seed, **kw)[b.name]
+            rows.append({"budget": b.label, "step": f"eps/{b.eps / b.alpha:.3g}", "steps": int(k), "robust_acc": acc})
+    return rows

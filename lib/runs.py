@@ -216,13 +216,13 @@ def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, ste
                      device=None):
     """Robust accuracy (%) against eps for a finished run, cached as ``curve-<norm>.csv`` in its folder.
 
-    Step size eps/4 (L-inf) or eps/8 (L2), as in the paper's evaluation; ``steps`` defaults to the
+    Step size eps/4 (``lib.attacks.eval_budget``, the book's evaluation); ``steps`` defaults to the
     config's eval_steps. Also gives the per-example running minimum over increasing eps (a model can
     never be more robust at a larger eps than at a smaller one). Returns a pandas DataFrame.
     """
     import pandas as pd
 
-    from .attacks import Budget
+    from .attacks import eval_budget
     steps = result.config.eval_steps if steps is None else steps
     eps_list = sorted(float(e) for e in eps_list)
     key = ",".join(f"{e * 255:.4g}" for e in eps_list)
@@ -234,8 +234,7 @@ def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, ste
     device = torch.device(device) if device is not None else default_device()
     model = load_model(result, device)
     data = load_data_for(result.config, data_root, device=device)
-    ratio = 4 if norm == "linf" else 8
-    budgets = tuple(Budget(norm, e, e / ratio) for e in eps_list)
+    budgets = tuple(eval_budget(norm, e) for e in eps_list)
     cuda = device.type == "cuda"
     r = evaluate(model, data.x_test, data.y_test, budgets=budgets, steps=steps, seed=result.config.seed,
                  autocast_dtype=torch.bfloat16 if cuda else None, per_example=True)

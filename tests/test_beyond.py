@@ -283,6 +283,7 @@ def test_autoattack_missing_gives_the_install_hint(monkeypatch, batch):
         autoattack.autoattack_accuracy(fresh().eval(), *batch, norm="linf", eps=8 / 255)
 
 
+@pytest.mark.slow
 def test_autoattack_on_a_tiny_model(batch):
     from lib import autoattack
     if not autoattack.available():

@@ -43,9 +43,10 @@ def one_thread():
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="the ray executor needs the optional ray extra "
                                             "(pip install -r requirements-extra.txt)")
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")   # a loaded shared machine starts slowly
-    executor._connect_ray(None, dict(address="local", num_cpus=2, object_store_memory=100 * 2**20,
-                                     include_dashboard=False, log_to_driver=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_raylet_start_wait_time_s", "180")     # a loaded shared machine starts slowly
+        executor._connect_ray(None, dict(address="local", num_cpus=2, object_store_memory=100 * 2**20,
+                                         include_dashboard=False, log_to_driver=False))
     yield ray
     ray.shutdown()
 
