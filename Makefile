@@ -14,6 +14,8 @@ STAMP := $(ENV_DIR)/.sambook-installed
 EXTRA_STAMP := $(ENV_DIR)/.sambook-extra-installed
 BASE_PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 DATA_ARGS := $(if $(DOWNLOAD),--download,)
+# EXECUTOR=ray needs the optional extras (ray); they are installed on first use
+RAY_ENV := $(if $(filter ray,$(EXECUTOR)),env-extra,)
 
 .PHONY: book test env env-extra check-data bench sweep smoke lint clean help
 
@@ -45,7 +47,7 @@ $(EXTRA_STAMP): $(STAMP) requirements-extra.txt
 check-data: env
 	@$(PY) -m lib check-data --profile $(PROFILE) $(DATA_ARGS)
 
-book: env check-data
+book: env $(RAY_ENV) check-data
 	$(PY) -m lib.book --profile $(PROFILE)
 
 test: env check-data
@@ -56,7 +58,7 @@ test: env check-data
 bench: env
 	$(PY) -m lib bench
 
-sweep: env check-data
+sweep: env $(RAY_ENV) check-data
 	$(PY) -m lib sweep --profile $(PROFILE) --executor $(EXECUTOR) $(DATA_ARGS)
 
 smoke: env check-data

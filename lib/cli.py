@@ -141,9 +141,21 @@ def _train(args) -> int:
     return 0
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise SambookError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise SambookError(f"--seeds must be non-negative integers, got {text!r}")
+    return seeds
+
+
 def _grid(args) -> int:
     from . import runs
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    seeds = _parse_seeds(args.seeds)
     cfgs = paper_grid(args.profile, args.dataset, seeds=seeds)
     if args.only:
         keep = set(args.only.split(","))
@@ -183,10 +195,7 @@ def _sweep_configs(args) -> list:
         profile = default_profile()
     if profile not in PROFILES:
         raise SambookError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    except ValueError:
-        raise SambookError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    seeds = _parse_seeds(args.seeds)
     cfgs = paper_grid(profile, args.dataset, seeds=seeds)
     if args.only:
         keep = {m.strip() for m in args.only.split(",") if m.strip()}

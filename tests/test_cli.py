@@ -23,6 +23,8 @@ from lib.cli import main
     (["train", "--method", "st", "--rho", "0.1"], "rho must be 0"),
     (["train", "--hp", "oops"], "--hp expects NAME=VALUE"),
     (["check-data", "--data-root", "/nonexistent/place"], "tried: /nonexistent/place"),
+    (["grid", "--seeds", "a"], "--seeds expects comma-separated integers, got 'a'"),
+    (["sweep", "--seeds", "0,-1"], "--seeds must be non-negative integers"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys):
     assert main(argv) == 2
