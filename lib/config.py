@@ -36,12 +36,17 @@ class Profile:
     seeds: tuple
     batch_size: int = 128
     eval_steps: int = 10            # PGD iterations of the evaluation (10 = the paper's PGD-10)
+    # torch threads of a run on the CPU (None: torch's default). A fixed count makes a CPU run's
+    # arithmetic, and so its numbers, the same on machines with different core counts, and lets
+    # the local executor train several runs at once (one process per run).
+    cpu_threads: int | None = None
     description: str = ""
 
 
 PROFILES = {
     "smoke": Profile("smoke", width=8, epochs=3, train_per_class=200, test_per_class=30, epoch_eval_size=200,
                      max_train_attack_steps=2, sources=("npz", "official", "imagefolder"), seeds=(0,), eval_steps=5,
+                     cpu_threads=1,
                      description="CPU in minutes; tiny network and data; numbers show only that the code runs"),
     "fast": Profile("fast", width=64, epochs=30, train_per_class=None, test_per_class=None, epoch_eval_size=1000,
                     max_train_attack_steps=None, sources=("official", "imagefolder"), seeds=(0,),

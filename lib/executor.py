@@ -5,7 +5,11 @@ loaded on the driver and never submitted; every other config is trained by ``lib
 writes ``outputs/runs/<name>-<hash>/`` atomically and resumes an unfinished run from its last
 epoch's ``checkpoint.pt``. So an interrupted grid, run again, redoes only what is missing.
 
-- ``local`` (the default): sequential, in this process; what :func:`lib.runs.run_all` does.
+- ``local`` (the default): on this machine. One run at a time in this process (what
+  :func:`lib.runs.run_all` does), except on a CPU with a profile that fixes its threads per run
+  (smoke: 1), where ``jobs`` runs train at once, each in its own process (``concurrent.futures``
+  with spawned workers): 2 on a 2-core machine. ``jobs`` (or ``$SAMBOOK_JOBS``) overrides it; the
+  numbers are the same either way, since each run uses the same thread count.
 - ``ray``: each run is one Ray task asking for one GPU when the cluster has GPUs (else
   ``cpus_per_run`` CPUs). Ray is found through the standard ``RAY_ADDRESS`` (an existing cluster,
   e.g. after ``ray start --head``); without it a local Ray instance is started for the grid. The run
@@ -166,7 +170,8 @@ class _Bar:
 
 def run_grid(configs, executor: str | None = None, data_root=None, runs_root=None, device=None,
              max_retries: int = 2, progress: bool = True, download: bool = False, cpus_per_run: int = 1,
-             gpus_per_run: float = 1.0, ray_address: str | None = None, ray_init: dict | None = None) -> GridReport:
+             gpus_per_run: float = 1.0, ray_address: str | None = None, ray_init: dict | None = None,
+             jobs: int | None = None) -> GridReport:
     """Run (or load) every config through the run cache with the chosen executor.
 
     Args:
@@ -182,6 +187,7 @@ def run_grid(configs, executor: str | None = None, data_root=None, runs_root=Non
             (a cluster started on this machine with ``ray start --head``, else a new local instance).
         ray_init: extra keyword arguments for ``ray.init`` (e.g. ``num_cpus=2`` for a local instance).
             Ignored when Ray is already initialised in this process.
+        jobs: runs at once for the local executor (None: ``$SAMBOOK_JOBS``, else :func:`local_jobs`).
 
     Returns a :class:`GridReport`; it never raises for a failed run (see ``report.failed`` and
     :meth:`GridReport.raise_for_failures`).
@@ -199,11 +205,11 @@ def run_grid(configs, executor: str | None = None, data_root=None, runs_root=Non
     report = GridReport(configs=configs, results=[None] * len(configs), executor=name)
 
     # One job per distinct run folder; finished runs are loaded here and never submitted.
-    jobs: dict[Path, list[int]] = {}
+    folders: dict[Path, list[int]] = {}
     for i, c in enumerate(configs):
-        jobs.setdefault(runs.run_dir(c, runs_root), []).append(i)
+        folders.setdefault(runs.run_dir(c, runs_root), []).append(i)
     todo = []
-    for path, idx in jobs.items():
+    for path, idx in folders.items():
         if runs.is_finished(path):
             try:
                 res = runs.load_run(path)
@@ -218,10 +224,14 @@ def run_grid(configs, executor: str | None = None, data_root=None, runs_root=Non
     if todo:
         _prepare_data([configs[idx[0]] for idx in todo], data_root, download, decode=name == "ray")
 
-    bar = _Bar(len(jobs), len(report.cached), progress, name)
+    bar = _Bar(len(folders), len(report.cached), progress, name)
     try:
         if name == "local":
-            _run_local(todo, report, data_root, runs_root, device, max_retries, progress, bar)
+            n_jobs = local_jobs([configs[idx[0]] for idx in todo], device, jobs)
+            if n_jobs > 1:
+                _run_local_parallel(todo, report, data_root, runs_root, device, max_retries, n_jobs, bar)
+            else:
+                _run_local(todo, report, data_root, runs_root, device, max_retries, progress, bar)
         else:
             _run_ray(todo, report, data_root, runs_root, max_retries, cpus_per_run, gpus_per_run, ray_address,
                      ray_init or {}, bar)
@@ -276,6 +286,90 @@ def _run_local(todo, report, data_root, runs_root, device, max_retries, progress
             done += result is not None
             break
         bar.show(done, 0, len(report.failed))
+
+
+def local_jobs(configs, device=None, jobs: int | None = None) -> int:
+    """How many runs the local executor trains at once.
+
+    ``jobs``, else ``$SAMBOOK_JOBS``, else: 1 on a GPU or when a profile leaves the CPU threads to
+    torch; otherwise as many as the CPU cores allow at the profile's threads per run.
+    """
+    import torch
+    if jobs is None and os.environ.get("SAMBOOK_JOBS", "").strip():
+        text = os.environ["SAMBOOK_JOBS"].strip()
+        try:
+            jobs = int(text)
+        except ValueError:
+            raise ConfigError(f"SAMBOOK_JOBS must be a positive integer, got {text!r}") from None
+    if jobs is not None:
+        if jobs < 1:
+            raise ConfigError(f"jobs must be a positive integer, got {jobs}")
+        return max(1, min(jobs, len(configs)))
+    from .config import PROFILES
+    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    threads = {PROFILES[c.profile].cpu_threads for c in configs}
+    if not configs or not on_cpu or None in threads:
+        return 1
+    return max(1, min(len(configs), (os.cpu_count() or 1) // max(threads)))
+
+
+def _pool_task(task_fn, config, data_root, runs_root, device):
+    """Body of one local worker process: run the config, return its run folder."""
+    result = task_fn(config, data_root=data_root, runs_root=runs_root, device=device, progress=False)
+    return None if result is None else str(result.path)
+
+
+def _run_local_parallel(todo, report, data_root, runs_root, device, max_retries, n_jobs, bar):
+    """The local executor with ``n_jobs`` worker processes; retries as in the sequential one.
+
+    At most ``n_jobs`` runs are submitted at a time, so a worker that dies (and breaks the pool)
+    costs an attempt only to the runs that were running; they go to a new pool and resume from their
+    checkpoints.
+    """
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    queue = deque((idx, 1) for idx in todo)    # (indices into configs, attempt)
+    done = len(report.cached)
+    ctx = mp.get_context("spawn")              # no fork of a process that holds torch's thread pools
+    while queue:
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+            pending = {}
+            broken = False
+            try:
+                while pending or (queue and not broken):
+                    while queue and not broken and len(pending) < n_jobs:
+                        idx, attempt = queue.popleft()
+                        fut = pool.submit(_pool_task, _task_fn, report.configs[idx[0]], data_root, runs_root,
+                                          device)
+                        pending[fut] = (idx, attempt)
+                    bar.show(done, len(pending), len(report.failed), len(queue))
+                    ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    for fut in ready:
+                        idx, attempt = pending.pop(fut)
+                        key = run_name(report.configs[idx[0]], report.configs)
+                        try:
+                            path = fut.result()
+                            result = runs.load_run(path) if path is not None else None
+                        except Exception as e:  # noqa: BLE001 - a run's error or a dead worker
+                            broken = broken or isinstance(e, BrokenProcessPool)
+                            err = _error_text(e)
+                            report.attempts[key] = attempt
+                            _log_failure(key, attempt, max_retries, err)
+                            if attempt > max_retries:
+                                report.failed[key] = err
+                            else:
+                                queue.append((idx, attempt + 1))
+                            continue
+                        _finish(report, idx, result, attempt)
+                        done += result is not None
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    bar.show(done, 0, len(report.failed))
 
 
 def _connect_ray(address, init_kwargs, attempts: int = 3) -> bool:

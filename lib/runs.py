@@ -12,6 +12,7 @@ A finished run is reused, never retrained; a failed run never touches a finished
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .config import RunConfig
+from .config import PROFILES, RunConfig
 from .data import CifarData, find_source, load_dataset
 from .errors import SambookError
 from .evaluate import evaluate
@@ -109,6 +110,20 @@ def _history_csv(history: list) -> str:
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Use ``n`` torch threads inside the block (None: leave the setting alone)."""
+    if not n:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def run(config: RunConfig, data_root=None, runs_root=None, device=None, download: bool = False,
         progress: bool = True, retrain: bool = False, stop_after_epoch: int | None = None,
         compile_model: bool = False, need_model: bool = False) -> RunResult | None:
@@ -129,15 +144,17 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
         raise SambookError(f"cannot write the run folder {path}: {e.strerror or e}") from None
     device = torch.device(device) if device is not None else default_device()
     data = load_data_for(config, data_root, download, device)
-    result = train(config, data, device=device, run_dir=path, progress=progress,
-                   stop_after_epoch=stop_after_epoch, compile_model=compile_model)
-    if not result.finished:
-        return None
     cuda = device.type == "cuda"
-    t0 = time.perf_counter()
-    final = evaluate(result.model, data.x_test, data.y_test, budgets=config.eval_budgets, steps=config.eval_steps,
-                     seed=config.seed, autocast_dtype=torch.bfloat16 if cuda else None)
-    final_eval_s = time.perf_counter() - t0
+    with cpu_threads(None if cuda else PROFILES[config.profile].cpu_threads):
+        result = train(config, data, device=device, run_dir=path, progress=progress,
+                       stop_after_epoch=stop_after_epoch, compile_model=compile_model)
+        if not result.finished:
+            return None
+        t0 = time.perf_counter()
+        final = evaluate(result.model, data.x_test, data.y_test, budgets=config.eval_budgets,
+                         steps=config.eval_steps, seed=config.seed, autocast_dtype=torch.bfloat16 if cuda else None)
+        final_eval_s = time.perf_counter() - t0
+        device_text = device_name(device)
     metrics = {
         "name": config.name, "label": config.label, "config_hash": config.config_hash(),
         "method": config.method, "profile": config.profile, "dataset": config.dataset, "seed": config.seed,
@@ -148,7 +165,7 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
         "final_eval_seconds": final_eval_s,
         "images_per_second": result.images_seen / result.train_seconds if result.train_seconds else None,
         "passes_per_step": make_strategy(config).passes_per_step(),
-        "device": device_name(device), "torch": torch.__version__, "commit": git_commit(),
+        "device": device_text, "torch": torch.__version__, "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write(path / MODEL, lambda p: torch.save(result.model.state_dict(), p))
@@ -222,10 +239,10 @@ def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, ste
     """
     import pandas as pd
 
-    from .attacks import eval_budget
+    from .attacks import EVAL_STEP_DIVISOR, eval_budget
     steps = result.config.eval_steps if steps is None else steps
     eps_list = sorted(float(e) for e in eps_list)
-    key = ",".join(f"{e * 255:.4g}" for e in eps_list)
+    key = ",".join(f"{e * 255:.4g}" for e in eps_list) + f"|step eps/{EVAL_STEP_DIVISOR}"
     cache = result.path / f"curve-{norm}.csv"
     if cache.exists():
         df = pd.read_csv(cache)
@@ -236,8 +253,9 @@ def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, ste
     data = load_data_for(result.config, data_root, device=device)
     budgets = tuple(eval_budget(norm, e) for e in eps_list)
     cuda = device.type == "cuda"
-    r = evaluate(model, data.x_test, data.y_test, budgets=budgets, steps=steps, seed=result.config.seed,
-                 autocast_dtype=torch.bfloat16 if cuda else None, per_example=True)
+    with cpu_threads(None if cuda else PROFILES[result.config.profile].cpu_threads):
+        r = evaluate(model, data.x_test, data.y_test, budgets=budgets, steps=steps, seed=result.config.seed,
+                     autocast_dtype=torch.bfloat16 if cuda else None, per_example=True)
     running = r["natural_correct"].clone()
     rows = []
     for b in budgets:

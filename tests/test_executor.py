@@ -99,7 +99,8 @@ def test_local_grid_resumes_finished_and_checkpointed_runs(tmp_path, monkeypatch
 
     monkeypatch.setattr(executor, "_task_fn", counting)
     with caplog.at_level(logging.INFO, logger="lib.train"):
-        report = executor.run_grid([done, fresh, cut, done], executor="local", runs_root=tmp_path, progress=False)
+        report = executor.run_grid([done, fresh, cut, done], executor="local", runs_root=tmp_path, progress=False,
+                                   jobs=1)
 
     assert report.ok and report.failed == {} and report.missing == []
     assert calls == [fresh.name, cut.name]                  # the finished run is not trained again
@@ -129,7 +130,8 @@ def test_local_failure_is_retried_then_reported_by_name(tmp_path, monkeypatch):
         return real(config, **kw)
 
     monkeypatch.setattr(executor, "_task_fn", broken_sam)
-    report = executor.run_grid([bad, ok], executor="local", runs_root=tmp_path, max_retries=1, progress=False)
+    report = executor.run_grid([bad, ok], executor="local", runs_root=tmp_path, max_retries=1, progress=False,
+                               jobs=1)
     assert len(tries) == 2 and report.attempts[bad.name] == 2
     assert report.failed == {bad.name: "RuntimeError: injected failure"}
     assert report.missing == [bad.name] and report.results[0] is None
@@ -140,6 +142,7 @@ def test_local_failure_is_retried_then_reported_by_name(tmp_path, monkeypatch):
 
 def test_sweep_cli_exit_status_and_summary(tmp_path, monkeypatch, capsys):
     from lib import cli
+    monkeypatch.setenv("SAMBOOK_JOBS", "1")         # in-process: the injected failure below is a closure
     monkeypatch.setattr(cli, "paper_grid", lambda profile, dataset, seeds=None: [tiny("st"), tiny("sam")])
     args = ["sweep", "--executor", "local", "--runs-root", str(tmp_path), "--no-progress", "--only", "st"]
     assert cli.main(args) == 0
@@ -155,6 +158,79 @@ def test_sweep_cli_exit_status_and_summary(tmp_path, monkeypatch, capsys):
     assert "1 from the cache" in cap.out and f"{tiny('sam').name}: RuntimeError: injected failure" in cap.err
     assert cli.main(["sweep", "--executor", "slurm", "--no-progress"]) == 2
     assert "valid executors" in capsys.readouterr().err
+
+
+# -- local executor, several runs at once (spawned worker processes) -------------------------------
+# The task functions are module-level: a spawned worker imports them by name (closures would not pickle).
+
+def _marks():
+    from pathlib import Path
+    return Path(os.environ["SAMBOOK_TEST_MARKS"])
+
+
+def pool_killed_once(config, **kw):
+    """Kills its worker process after one epoch of the first SAM run; counts the tries of AT runs and fails them."""
+    marks = _marks()
+    if config.method == "at":
+        (marks / f"at-try-{len(list(marks.glob('at-try-*'))) + 1}").touch()
+        raise RuntimeError(f"injected failure in {config.name}")
+    if config.method == "sam":
+        if not (marks / "killed").exists():
+            runs.run(config, **{**kw, "stop_after_epoch": 1})
+            (marks / "killed").touch()
+            import time
+            deadline = time.monotonic() + 120     # die only after the AT run's 3 tries (a timing-free test)
+            while len(list(marks.glob("at-try-*"))) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            os._exit(9)                                               # the worker dies mid-run
+        ckpt = runs.run_dir(config, kw["runs_root"]) / "checkpoint.pt"
+        (marks / f"retry-found-checkpoint-{ckpt.exists()}").touch()
+    return executor._run_config(config, **kw)
+
+
+def test_local_jobs_follow_the_profile_and_the_setting(monkeypatch):
+    monkeypatch.delenv("SAMBOOK_JOBS", raising=False)
+    grid = tiny_grid()
+    assert executor.local_jobs(grid, device="cpu") == min(len(grid), os.cpu_count() or 1)   # smoke: 1 thread/run
+    assert executor.local_jobs(grid, device="cpu", jobs=1) == 1
+    assert executor.local_jobs([make_config("st", "fast")], device="cpu") == 1      # torch's threads: one run
+    monkeypatch.setenv("SAMBOOK_JOBS", "3")
+    assert executor.local_jobs(grid, device="cpu") == 3
+    monkeypatch.setenv("SAMBOOK_JOBS", "two")
+    with pytest.raises(ConfigError, match="SAMBOOK_JOBS must be a positive integer"):
+        executor.local_jobs(grid, device="cpu")
+    with pytest.raises(ConfigError, match="jobs must be a positive integer"):
+        executor.local_jobs(grid, device="cpu", jobs=0)
+
+
+@pytest.mark.slow
+def test_local_parallel_grid_equals_sequential_grid(tmp_path):
+    grid = tiny_grid()
+    par = executor.run_grid(grid, executor="local", runs_root=tmp_path / "par", progress=False, jobs=2)
+    seq = executor.run_grid(grid, executor="local", runs_root=tmp_path / "seq", progress=False, jobs=1)
+    assert par.ok and seq.ok and len(par.trained) == len(grid)
+    for p, s in zip(par.results, seq.results):
+        assert p.config == s.config and p.path.name == s.path.name
+        assert _accuracies(p) == _accuracies(s) and _history(p) == _history(s)
+        assert all(torch.equal(a, b) for a, b in zip(_weights(p).values(), _weights(s).values()))
+
+
+@pytest.mark.slow
+def test_local_parallel_dead_worker_is_retried_and_failures_reported(tmp_path, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("SAMBOOK_TEST_MARKS", str(marks))          # spawned workers inherit the environment
+    monkeypatch.setattr(executor, "_task_fn", pool_killed_once)
+    victim, bad = tiny("sam", epochs=2), tiny("at", norm="linf", eps=8 / 255)
+    grid = [tiny("st"), victim, bad, tiny("st", seed=1)]
+    report = executor.run_grid(grid, executor="local", runs_root=tmp_path / "runs", max_retries=2, progress=False,
+                               jobs=2)
+    assert report.failed == {bad.name: f"RuntimeError: injected failure in {bad.name}"}
+    assert len(list(marks.glob("at-try-*"))) == 3 and report.attempts[bad.name] == 3
+    assert report.attempts[victim.name] == 2                      # only the running runs pay for a dead worker
+    assert (marks / "retry-found-checkpoint-True").exists()       # the retry resumed from epoch 1
+    assert [r["epoch"] for r in report.results[1].history] == [1, 2]
+    assert report.results[0] is not None and report.results[3] is not None
 
 
 # -- Ray executor (a real local instance: 2 CPUs, 2 workers) ---------------------------------------
