@@ -33,7 +33,7 @@ N_IMAGES = 200        # test images used for the measurements
 RHOS = [0.05, 0.1, 0.2, 0.4]
 LINF_EPS = [1, 2, 4, 8]       # /255
 L2_EPS = [16, 32, 64, 128]    # /255
-STEPS_LIST = [1, 2, 5, 10, 20, 40]   # PGD iterations for the convergence check
+STEPS_LIST = [1, 5, 10, 20, 40]   # PGD iterations for the convergence check
 
 # %%
 import matplotlib.pyplot as plt

@@ -23,7 +23,7 @@
 # (step 8/255). The L2 steps are twice the paper's (eps/4 instead of eps/8): with the paper's step,
 # PGD-10 has not converged at L2 32/255 (chapter 2 shows it), so its numbers would be too high. Our
 # L2 columns are therefore from a slightly stronger attack than the published ones.
-# The smoke profile uses PGD-5 on 300 test images.
+# The smoke profile uses PGD-5 on 200 test images.
 
 # %% tags=["parameters"]
 PROFILE = "smoke"     # smoke | fast | paper

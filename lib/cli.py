@@ -175,26 +175,26 @@ def _grid(args) -> int:
     return 0
 
 
+def _profile(name: str) -> str:
+    """A profile name, ``auto`` resolved (fast with a GPU, else smoke)."""
+    if name == "auto":
+        from .book import default_profile
+        name = default_profile()
+    if name not in PROFILES:
+        raise SambookError(f"unknown profile {name!r}; valid profiles: auto, {', '.join(PROFILES)}")
+    return name
+
+
 def _check_data(args) -> int:
     from .data import find_source
-    profile = args.profile
-    if profile == "auto":
-        from .book import default_profile
-        profile = default_profile()
-    if profile not in PROFILES:
-        raise SambookError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
+    profile = _profile(args.profile)
     source, path = find_source(args.dataset, args.data_root, PROFILES[profile].sources, args.download)
     print(f"data: {args.dataset} for the {profile} profile from the {source} source at {path}")
     return 0
 
 
 def _sweep_configs(args) -> list:
-    profile = args.profile
-    if profile == "auto":
-        from .book import default_profile
-        profile = default_profile()
-    if profile not in PROFILES:
-        raise SambookError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
+    profile = _profile(args.profile)
     seeds = _parse_seeds(args.seeds)
     cfgs = paper_grid(profile, args.dataset, seeds=seeds)
     if args.only:

@@ -3,7 +3,7 @@
 A run is a pure function of its :class:`RunConfig`; the config's hash names its cache folder.
 Profiles are named instances of :class:`Profile`:
 
-- ``smoke``: a CPU in minutes. Width-8 network, 200 training and 30 test images per class of the
+- ``smoke``: a CPU in minutes. Width-8 network, 200 training and 20 test images per class of the
   byte-exact CIFAR-10 subset, 3 epochs, at most 2 PGD steps in training and PGD-5 in evaluation;
   every method and every evaluation column is exercised. Its numbers only show that the code runs:
   they are labelled "smoke".
@@ -44,7 +44,7 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", width=8, epochs=3, train_per_class=200, test_per_class=30, epoch_eval_size=200,
+    "smoke": Profile("smoke", width=8, epochs=3, train_per_class=200, test_per_class=20, epoch_eval_size=100,
                      max_train_attack_steps=2, sources=("npz", "official", "imagefolder"), seeds=(0,), eval_steps=5,
                      cpu_threads=1,
                      description="CPU in minutes; tiny network and data; numbers show only that the code runs"),

@@ -47,6 +47,9 @@ def evaluate(model, x, y, budgets=PAPER_BUDGETS, steps: int = 10, batch_size: in
             clean = logits.argmax(1) == yb
             correct["natural"].append(clean)
             for b in budgets:
+                if b.eps == 0:          # the budget holds only x itself: its accuracy is the clean one
+                    correct[b.name].append(clean)
+                    continue
                 x_adv = pgd(model, xb, yb, eps=b.eps, alpha=b.alpha, steps=steps, norm=b.norm, restarts=restarts,
                             generator=gen, autocast_dtype=autocast_dtype)
                 with torch.no_grad():

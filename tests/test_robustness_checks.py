@@ -51,7 +51,10 @@ def test_adversarial_examples_are_feasible(trained, test_batch, norm, eps):
 def test_eps_zero_gives_clean_accuracy(trained, test_batch):
     x, y = test_batch
     r = evaluate(trained, x, y, budgets=(Budget("linf", 0.0, 0.0), Budget("l2", 0.0, 0.0)), steps=5)
-    assert r["linf_0"] == r["natural"] == r["l2_0"]
+    assert r["linf_0"] == r["natural"] == r["l2_0"]       # evaluate takes eps = 0 as the clean input
+    for norm in ("linf", "l2"):                            # and PGD itself leaves x unchanged there
+        x_adv = pgd(trained, x, y, eps=0.0, alpha=0.0, steps=5, norm=norm, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(x_adv, x) and acc(trained, x_adv, y) == acc(trained, x, y)
 
 
 # 3 ------------------------------------------------------------------------------------------------
