@@ -188,7 +188,8 @@ plt.show()
 # AutoAttack's by more than 3 points is flagged: its PGD number is not to be trusted. (On the smoke
 # profile one image is 2 points and the book's PGD has only 5 steps, so a flag there says little.)
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# (output not compared by nbval: it depends on whether the optional AutoAttack extra is installed)
 BUDGET_2 = PAPER_BUDGETS[1]
 if autoattack.available():
     aa_kw = (dict(n=50, version="custom", attacks=["apgd-ce"]) if PROFILE == "smoke"
