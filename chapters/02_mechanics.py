@@ -41,7 +41,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from lib import report, runs
+from lib import executor, report, runs
 from lib.attacks import PAPER_BUDGETS, PAPER_PROTOCOL_BUDGETS, eval_budget, pgd
 from lib.config import make_config
 from lib.data import to_float
@@ -169,10 +169,8 @@ summary.round(4)
 # failing to find examples it found at a smaller budget.
 
 # %%
-curves = pd.concat([
-    runs.robustness_curve(st, "linf", [e / 255 for e in (0, 0.5, 1, 2, 4, 8, 16)], data_root=DATA),
-    runs.robustness_curve(st, "l2", [e / 255 for e in (0, 8, 16, 32, 64, 128, 256)], data_root=DATA),
-])
+curves = executor.curves([st], [("linf", [e / 255 for e in (0, 0.5, 1, 2, 4, 8, 16)]),
+                                ("l2", [e / 255 for e in (0, 8, 16, 32, 64, 128, 256)])], data_root=DATA)
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
 for ax, norm in zip(axes, ["linf", "l2"]):
     c = curves[curves.norm == norm]

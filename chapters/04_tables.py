@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from lib import executor, report, runs
+from lib import executor, report
 from lib.config import PROFILES, beyond_grid, paper_grid
 from lib.data import find_source
 from lib.errors import DataNotFoundError
@@ -125,7 +125,7 @@ plt.show()
 # %% [markdown]
 # ## Robust accuracy against the budget
 # For ST, every SAM run and the weakest and strongest AT of each norm (cached per run as
-# `curve-<norm>.csv`).
+# `curve-<norm>-<key>.csv`; on the CPU several are computed at once, each in its own process).
 
 # %%
 mean_first = {}
@@ -133,14 +133,9 @@ for r in res10:
     mean_first.setdefault(r.config.label, r)          # the first seed of each configuration
 keep = ["ST"] + [l for l in mean_first if l.startswith("SAM")] + \
        ["AT L-inf 1/255", "AT L-inf 8/255", "AT L2 16/255", "AT L2 128/255"]
-curves = []
-for label in keep:
-    r = runs.run(mean_first[label].config, data_root=DATA, progress=False, need_model=False)
-    if not (r.path / "model.pt").exists() and not (r.path / "curve-linf.csv").exists():
-        continue                                      # committed metrics without weights: no curve
-    curves.append(runs.robustness_curve(r, "linf", [e / 255 for e in (0, 1, 2, 4, 8)], data_root=DATA))
-    curves.append(runs.robustness_curve(r, "l2", [e / 255 for e in (0, 16, 32, 64, 128)], data_root=DATA))
-curves = pd.concat(curves)
+curves = executor.curves([mean_first[label] for label in keep if label in mean_first],
+                         [("linf", [e / 255 for e in (0, 1, 2, 4, 8)]), ("l2", [e / 255 for e in (0, 16, 32, 64, 128)])],
+                         data_root=DATA)
 g = sns.relplot(curves, x="eps_255", y="robust_acc", hue="label", col="norm", kind="line", marker="o",
                 height=3.6, aspect=1.1, facet_kws={"sharex": False}, palette="tab10")
 g.set_axis_labels("eps (x 1/255)", "PGD accuracy (%)")

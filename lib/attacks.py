@@ -94,7 +94,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         norm: str = "linf", random_init: bool = True, restarts: int = 1,
         loss_fn: LossFn = ce_loss, generator: torch.Generator | None = None,
         bn_eval: bool = True, autocast_dtype: torch.dtype | None = None,
-        return_losses: bool = False):
+        return_losses: bool = False, on_iterate: Callable[[int, torch.Tensor], None] | None = None):
     """Projected gradient ascent on ``loss_fn(model(x + delta), y)`` within ||delta||_norm <= eps.
 
     Args:
@@ -111,6 +111,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         bn_eval: run the model in eval mode during the attack (BatchNorm statistics untouched).
         autocast_dtype: e.g. torch.bfloat16 on CUDA; None runs in the input dtype.
         return_losses: also return the (steps + 1, B) loss trajectory of the first restart.
+        on_iterate: called as ``on_iterate(t, logits)`` with the (detached) logits of the first
+            restart's iterate after t steps, for t = 0 .. steps: the PGD-t result for every t at the
+            cost of one PGD-steps run and one extra forward pass (the convergence check).
 
     Returns:
         x_adv (detached), or (x_adv, losses) with ``return_losses``.
@@ -129,16 +132,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         for r in range(restarts):
             delta = random_start(x, eps, norm, generator) if random_init and eps > 0 else torch.zeros_like(x)
             losses = []
-            for _ in range(steps):
+            for t in range(steps):
                 delta.requires_grad_(True)
                 with cast:
                     logits = model(x + delta)
+                if on_iterate is not None and r == 0:
+                    on_iterate(t, logits.detach())
                 loss = loss_fn(logits, y)
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
                 if return_losses and r == 0:
                     losses.append(loss.detach())
                 delta = project(_ascent(delta.detach(), grad, alpha, norm), x, eps, norm)
             x_adv = (x + delta).detach()
+            if on_iterate is not None and r == 0:
+                with torch.no_grad(), cast:
+                    on_iterate(steps, model(x_adv))
             if restarts == 1 and not return_losses:
                 return x_adv
             with torch.no_grad(), cast:

@@ -372,6 +372,48 @@ def _run_local_parallel(todo, report, data_root, runs_root, device, max_retries,
     bar.show(done, 0, len(report.failed))
 
 
+def _curve_task(path: str, norm: str, eps_list, data_root, device):
+    """Body of one curve worker: the curve of the run at ``path`` (cached in its folder)."""
+    return runs.robustness_curve(runs.load_run(path), norm, eps_list, data_root=data_root, device=device)
+
+
+def curves(results, specs, data_root=None, device=None, jobs: int | None = None):
+    """:func:`lib.runs.robustness_curve` for every run in ``results`` and every (norm, eps_list) in ``specs``.
+
+    Returns one DataFrame (runs in the given order, then specs). Cached curves are read here; the
+    others are computed, on a CPU with a profile that fixes its threads per run (smoke) several at
+    once in spawned worker processes (:func:`local_jobs` of them), each at the profile's thread
+    count, so the numbers are those of a computation in this process. A run with no weights (for
+    example committed GPU metrics) and no cached curve is left out.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pandas as pd
+
+    frames, todo = {}, []
+    for i, r in enumerate(results):
+        for j, (norm, eps_list) in enumerate(specs):
+            hit = runs.cached_curve(r, norm, eps_list)
+            if hit is not None:
+                frames[i, j] = hit
+            elif (r.path / "model.pt").exists():
+                todo.append((i, j))
+    n_jobs = local_jobs([results[i].config for i, _ in todo], device=device, jobs=jobs) if todo else 1
+    if n_jobs > 1:
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {(i, j): pool.submit(_curve_task, str(results[i].path), specs[j][0], list(specs[j][1]),
+                                           data_root, device) for i, j in todo}
+            frames.update({k: f.result() for k, f in futures.items()})
+    else:
+        for i, j in todo:
+            frames[i, j] = runs.robustness_curve(results[i], specs[j][0], specs[j][1], data_root=data_root,
+                                                 device=device)
+    parts = [frames[k] for k in sorted(frames)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["label", "norm", "eps_255", "robust_acc", "running_min"])
+
+
 def _connect_ray(address, init_kwargs, attempts: int = 3) -> bool:
     """Initialise Ray unless it already is; True when this call started it (so it shuts it down).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import hashlib
 import io
 import logging
 import platform
@@ -231,7 +232,7 @@ def run_all(configs, data_root=None, runs_root=None, device=None, progress: bool
 
 def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, steps: int | None = None,
                      device=None):
-    """Robust accuracy (%) against eps for a finished run, cached as ``curve-<norm>.csv`` in its folder.
+    """Robust accuracy (%) against eps for a finished run, cached as ``curve-<norm>-<key>.csv`` in its folder.
 
     Step size eps/4 (``lib.attacks.eval_budget``, the book's evaluation); ``steps`` defaults to the
     config's eval_steps. Also gives the per-example running minimum over increasing eps (a model can
@@ -239,15 +240,13 @@ def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, ste
     """
     import pandas as pd
 
-    from .attacks import EVAL_STEP_DIVISOR, eval_budget
+    from .attacks import eval_budget
     steps = result.config.eval_steps if steps is None else steps
     eps_list = sorted(float(e) for e in eps_list)
-    key = ",".join(f"{e * 255:.4g}" for e in eps_list) + f"|step eps/{EVAL_STEP_DIVISOR}"
-    cache = result.path / f"curve-{norm}.csv"
-    if cache.exists():
-        df = pd.read_csv(cache)
-        if "key" in df and (df["key"] == f"{key}|{steps}").all():
-            return df.drop(columns="key")
+    cached = cached_curve(result, norm, eps_list, steps)
+    if cached is not None:
+        return cached
+    cache, key = _curve_cache(result, norm, eps_list, steps)
     device = torch.device(device) if device is not None else default_device()
     model = load_model(result, device)
     data = load_data_for(result.config, data_root, device=device)
@@ -263,5 +262,25 @@ def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, ste
         rows.append({"label": result.config.label, "norm": norm, "eps_255": b.eps * 255, "robust_acc": r[b.name],
                      "running_min": 100.0 * running.float().mean().item()})
     df = pd.DataFrame(rows)
-    atomic_write(cache, lambda p: df.assign(key=f"{key}|{steps}").to_csv(p, index=False))
+    atomic_write(cache, lambda p: df.assign(key=key).to_csv(p, index=False))
     return df
+
+
+def _curve_cache(result: RunResult, norm: str, eps_list, steps: int):
+    from .attacks import EVAL_STEP_DIVISOR
+    eps_list = sorted(float(e) for e in eps_list)
+    key = ",".join(f"{e * 255:.4g}" for e in eps_list) + f"|step eps/{EVAL_STEP_DIVISOR}|{steps}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]      # one file per (norm, eps list, steps)
+    return result.path / f"curve-{norm}-{digest}.csv", key
+
+
+def cached_curve(result: RunResult, norm: str, eps_list, steps: int | None = None):
+    """The cached :func:`robustness_curve` of a run for exactly these eps and steps, else None."""
+    import pandas as pd
+    steps = result.config.eval_steps if steps is None else steps
+    cache, key = _curve_cache(result, norm, eps_list, steps)
+    if cache.exists():
+        df = pd.read_csv(cache)
+        if "key" in df and (df["key"] == key).all():
+            return df.drop(columns="key")
+    return None

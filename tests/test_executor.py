@@ -233,6 +233,27 @@ def test_local_parallel_dead_worker_is_retried_and_failures_reported(tmp_path, m
     assert report.results[0] is not None and report.results[3] is not None
 
 
+@pytest.mark.slow
+def test_parallel_curves_equal_sequential_curves_and_are_cached(tmp_path):
+    grid = [tiny("st"), tiny("at", norm="linf", eps=8 / 255)]
+    report = executor.run_grid(grid, executor="local", runs_root=tmp_path / "runs", progress=False, jobs=1)
+    specs = [("linf", [0, 2 / 255, 8 / 255]), ("l2", [0, 64 / 255])]
+    par = executor.curves(report.results, specs, jobs=2)
+    cached = sorted(p.name for p in report.results[0].path.glob("curve-*.csv"))
+    assert len(cached) == 2 and all(name.startswith(("curve-linf-", "curve-l2-")) for name in cached)
+    for r in report.results:                                    # a fresh sequential computation
+        for f in r.path.glob("curve-*.csv"):
+            f.unlink()
+    seq = executor.curves(report.results, specs, jobs=1)
+    assert par.equals(seq) and len(seq) == 2 * (3 + 2)
+    assert list(seq.label) == ["ST"] * 5 + ["AT L-inf 8/255"] * 5 and list(seq.norm[:5]) == ["linf"] * 3 + ["l2"] * 2
+    # a run without weights (committed metrics) and without a cached curve is left out
+    (report.results[1].path / runs.MODEL).unlink()
+    for f in report.results[1].path.glob("curve-*.csv"):
+        f.unlink()
+    assert list(executor.curves(report.results, specs).label.unique()) == ["ST"]
+
+
 # -- Ray executor (a real local instance: 2 CPUs, 2 workers) ---------------------------------------
 
 @pytest.mark.ray

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.attacks import PAPER_BUDGETS, Budget, fgsm, model_mode, pgd, random_noise
+from lib.errors import ConfigError
 from lib.evaluate import evaluate
 from lib.models import build_model
 
@@ -170,9 +171,26 @@ def test_accuracy_vs_steps_matches_evaluate(trained, test_batch):
     from lib.evaluate import accuracy_vs_steps
     x, y = test_batch
     b = PAPER_BUDGETS[3]
-    rows = accuracy_vs_steps(trained, x, y, [b], steps_list=(2, 4), seed=5)
-    assert [r["steps"] for r in rows] == [2, 4] and rows[0]["step"] == "eps/4"
-    assert rows[1]["robust_acc"] == evaluate(trained, x, y, budgets=(b,), steps=4, seed=5)[b.name]
+    budgets = [PAPER_BUDGETS[1], b]
+    rows = accuracy_vs_steps(trained, x, y, budgets, steps_list=(4, 1, 2), seed=5, batch_size=64)
+    assert [r["steps"] for r in rows] == [1, 2, 4, 1, 2, 4] and rows[3]["step"] == "eps/4"
+    # one PGD-4 run read at its iterates gives exactly what separate PGD-k evaluations give
+    for r, (bb, k) in zip(rows, [(bb, k) for bb in budgets for k in (1, 2, 4)]):
+        assert r["robust_acc"] == evaluate(trained, x, y, budgets=(bb,), steps=k, seed=5, batch_size=64)[bb.name]
+    with pytest.raises(ConfigError):
+        accuracy_vs_steps(trained, x, y, [b], steps_list=(0, 5))
+
+
+def test_pgd_reports_every_iterate(trained, test_batch):
+    x, y = test_batch
+    seen = {}
+    x_adv = pgd(trained, x, y, eps=8 / 255, alpha=2 / 255, steps=3, generator=torch.Generator().manual_seed(1),
+                on_iterate=lambda t, logits: seen.setdefault(t, logits))
+    assert sorted(seen) == [0, 1, 2, 3]
+    with torch.no_grad():
+        assert torch.equal(seen[3], trained(x_adv))
+        x_one = pgd(trained, x, y, eps=8 / 255, alpha=2 / 255, steps=1, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(seen[1], trained(x_one))
 
 
 # 11 -----------------------------------------------------------------------------------------------
