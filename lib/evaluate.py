@@ -87,25 +87,28 @@ def accuracy_vs_steps(model, x, y, budgets, steps_list=(1, 2, 5, 10, 20, 40), se
     if not ks or ks[0] < 1:
         raise ConfigError(f"steps_list must hold positive step counts, got {list(steps_list)}")
     device = next(model.parameters()).device
-    rows = []
+    budgets = list(budgets)
+    gens = [torch.Generator(device=device) for _ in budgets]
+    for g in gens:
+        g.manual_seed(int(seed))                        # as evaluate(budgets=(b,), seed=seed) does
+    correct = [{k: [] for k in ks} for _ in budgets]    # per budget: per k, the correct-mask of each batch
     with model_mode(model, training=False):
-        for b in budgets:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(int(seed))                  # as evaluate(budgets=(b,), seed=seed) does
-            correct = {k: [] for k in ks}
-            for xb, yb, clean in _clean_batches(model, x, y, batch_size, autocast_dtype):
+        for xb, yb, clean in _clean_batches(model, x, y, batch_size, autocast_dtype):
+            for b, gen, hits in zip(budgets, gens, correct):
                 if b.eps == 0:
                     for k in ks:
-                        correct[k].append(clean)
+                        hits[k].append(clean)
                     continue
 
-                def record(t, logits, yb=yb, clean=clean, correct=correct):
-                    if t in correct:
-                        correct[t].append((logits.argmax(1) == yb) & clean)
+                def record(t, logits, yb=yb, clean=clean, hits=hits):
+                    if t in hits:
+                        hits[t].append((logits.argmax(1) == yb) & clean)
 
                 pgd(model, xb, yb, eps=b.eps, alpha=b.alpha, steps=ks[-1], norm=b.norm, generator=gen,
                     autocast_dtype=autocast_dtype, on_iterate=record)
-            for k in ks:
-                acc = 100.0 * torch.cat(correct[k]).float().mean().item()
-                rows.append({"budget": b.label, "step": f"eps/{b.eps / b.alpha:.3g}", "steps": k, "robust_acc": acc})
+    rows = []
+    for b, hits in zip(budgets, correct):
+        for k in ks:
+            acc = 100.0 * torch.cat(hits[k]).float().mean().item()
+            rows.append({"budget": b.label, "step": f"eps/{b.eps / b.alpha:.3g}", "steps": k, "robust_acc": acc})
     return rows

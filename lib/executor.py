@@ -397,7 +397,7 @@ def curves(results, specs, data_root=None, device=None, jobs: int | None = None)
             hit = runs.cached_curve(r, norm, eps_list)
             if hit is not None:
                 frames[i, j] = hit
-            elif (r.path / "model.pt").exists():
+            elif (r.path / runs.MODEL).exists():
                 todo.append((i, j))
     n_jobs = local_jobs([results[i].config for i, _ in todo], device=device, jobs=jobs) if todo else 1
     if n_jobs > 1:
