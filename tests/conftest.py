@@ -38,18 +38,25 @@ def test_batch(exact):
     return D.to_float(sub.x_test), sub.y_test
 
 
+def _train_smoke(cfg, data):
+    """Train on the CPU at the smoke profile's thread count, as a smoke run does: the model is then the
+    same whether a test file runs alone or in the suite (another file may change torch's threads)."""
+    from lib.config import PROFILES
+    from lib.runs import cpu_threads
+    from lib.train import train
+    with cpu_threads(PROFILES[cfg.profile].cpu_threads):
+        return train(cfg, data, device="cpu", progress=False).model.eval()
+
+
 @pytest.fixture(scope="session")
 def trained(exact):
     """A width-8 PreActResNet-18 trained with ST on the 5,085 exact training images (3 epochs)."""
-    from lib.train import train
     cfg = make_config("st", "smoke", train_per_class=None, epochs=3, epoch_eval_size=50, eval_steps=1)
-    res = train(cfg, exact.subset(test_per_class=5), device="cpu", progress=False)
-    return res.model.eval()
+    return _train_smoke(cfg, exact.subset(test_per_class=5))
 
 
 @pytest.fixture(scope="session")
 def trained_other_seed(exact):
     """A second model (another seed, less training): the source of transfer attacks."""
-    from lib.train import train
     cfg = make_config("st", "smoke", seed=1, train_per_class=None, epochs=2, epoch_eval_size=50, eval_steps=1)
-    return train(cfg, exact.subset(test_per_class=5), device="cpu", progress=False).model.eval()
+    return _train_smoke(cfg, exact.subset(test_per_class=5))
