@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,21 @@ class CifarData:
             setattr(out, f"x_{split}", x[keep])
             setattr(out, f"y_{split}", y[keep])
         return out
+
+
+_LOADED: dict = {}
+
+
+def load_subset(dataset: str, source: str, root=None, train_per_class: int | None = None,
+                test_per_class: int | None = None, device=None, download: bool = False) -> "CifarData":
+    """The first ``train_per_class`` / ``test_per_class`` images per class from ``source``, in a fixed
+    shuffled order (seed 0), loaded once per process and device."""
+    key = (dataset, source, str(paths.data_root(root)), train_per_class, test_per_class, str(device))
+    if key not in _LOADED:
+        data = load_dataset(dataset, root, sources=(source,), download=download)
+        data = data.subset(train_per_class, test_per_class, seed=0)
+        _LOADED[key] = data.to(device) if device is not None else data
+    return _LOADED[key]
 
 
 def first_per_class(y: torch.Tensor, n: int) -> torch.Tensor:
@@ -219,7 +235,7 @@ def _decode(dataset: str, source: str, path: Path, download: bool) -> CifarData:
         try:
             tr = cls(str(path.parent), train=True, download=download)
             te = cls(str(path.parent), train=False, download=download)
-        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:  # "not found or corrupted"
             raise DataNotFoundError(f"{path}: {e} Fix: --download (needs internet) or point SAMBOOK_DATA at a "
                                     f"folder holding a good copy") from None
         return _from_arrays(dataset, source, path, tr.data, tr.targets, te.data, te.targets, tr.classes)
@@ -243,8 +259,12 @@ def _decode_imagefolder(dataset: str, path: Path) -> CifarData:
         classes = folder.classes
         x = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
         for i, (f, _) in enumerate(folder.samples):
-            with Image.open(f) as im:
-                a = np.asarray(im.convert("RGB"))
+            try:
+                with Image.open(f) as im:
+                    a = np.asarray(im.convert("RGB"))
+            except (OSError, ValueError, SyntaxError) as e:     # PIL's errors for a truncated or foreign file
+                raise DataNotFoundError(f"{f}: not a readable image ({e}); the data folder is corrupt: "
+                                        f"replace it with a good copy") from None
             if a.shape != (32, 32, 3):
                 raise DataNotFoundError(f"{f}: expected a 32x32 image, got {a.shape}")
             x[i] = a

@@ -1,4 +1,8 @@
-"""Atomic writes: a crash or a failed run never leaves a half-written or overwritten result."""
+"""Atomic writes: a crash or a failed run never leaves a half-written or overwritten result.
+
+Files get the usual permissions (0666 minus the umask, e.g. 0644), not the 0600 of a temporary
+file, so a web server or another user can read the HTML pages and run files.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,12 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -17,6 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, _default_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -2,8 +2,13 @@
 
 One SAM step, for a loss L and parameters w:
     e(w) = rho * g / ||g||_2                      (SAM; g = grad L(w), norm over all parameters)
-    e(w) = rho * T^2 g / ||T g||_2, T = |w|        (ASAM, the adaptive variant)
+    e(w) = rho * T^2 g / ||T g||_2                (ASAM, the adaptive variant)
     w <- w - lr * base_update(grad L(w + e(w)))    (the base optimiser, at the original w)
+
+ASAM as Kwon et al. (ICML 2021) define and run it: T_w = |w| + eta with eta = 0.01 for every
+weight tensor (convolution, linear and BatchNorm weights: the parameters named ``*weight``) and
+T = 1 for biases; :func:`asam_param_groups` makes those two groups. Their recommended radius is
+much larger than SAM's because T shrinks the step: rho = 0.5 on CIFAR-10, 1.0 on CIFAR-100.
 
 Usage (two forward/backward passes per step)::
 
@@ -100,6 +105,19 @@ class SAM(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
+
+
+ASAM_ETA = 0.01
+
+
+def asam_param_groups(model: nn.Module, eta: float = ASAM_ETA) -> list[dict]:
+    """ASAM's parameter groups: weights (adaptive, T = |w| + eta) and biases (T = 1), as in Kwon et al."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    others = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    groups = [{"params": weights, "adaptive": True, "eta": eta}]
+    if others:
+        groups.append({"params": others, "adaptive": False, "eta": 0.0})
+    return groups
 
 
 @contextlib.contextmanager

@@ -160,3 +160,23 @@ def test_batches_cover_every_example_once():
     seen = torch.cat([yb for _, yb in D.batches(x, y, 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10))
     assert [len(b) for _, b in D.batches(x, y, 3, drop_last=True)] == [3, 3, 3]
+
+
+def test_random_crops_differ_between_the_samples_of_one_batch():
+    """One image repeated 64 times in a batch: each copy gets its own offsets and flip (162 possible
+    outcomes), so a batch-wide offset, a common bug of batched augmentation, would leave one or two."""
+    x = torch.rand(1, 3, 32, 32).expand(64, 3, 32, 32).contiguous()
+    out = D.augment(x, torch.Generator().manual_seed(0))
+    assert len({o.numpy().tobytes() for o in out}) > 30
+
+
+def test_a_subset_of_the_jpeg_copy_keeps_the_same_test_images_for_every_run(exact):
+    """The test subset does not depend on the run's seed: every run of a profile is evaluated on the
+    same images, in the same order (the per-example outcomes of the evaluation stage refer to them)."""
+    a = exact.subset(test_per_class=5, seed=0)
+    b = exact.subset(test_per_class=5, seed=0)
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_test, b.y_test)
+    from lib.data import load_subset
+    s1 = load_subset("cifar10", "npz", None, 10, 5)
+    s2 = load_subset("cifar10", "npz", None, 20, 5)
+    assert torch.equal(s1.y_test, s2.y_test)         # the training subset does not move the test images

@@ -1,6 +1,9 @@
-"""AWP, TRADES, ARoW (lib.beyond), SAM+AT and ASAM: one step of each does what its definition says.
+"""The methods (lib.methods): their facts in one place, and one step of each doing what its definition says.
 
 CPU, a width-8 PreActResNet-18 and a few random images; the whole file runs in well under a minute.
+Exactness tests run in float64, where two computations of the same formula in a different order
+agree to about 1e-15 relative (a few hundred roundings of 1.1e-16 each), so tolerances of 1e-10
+leave four orders of magnitude of room and still catch any real difference.
 """
 from __future__ import annotations
 
@@ -13,13 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import beyond
-from lib.attacks import pgd
+from lib import probes
+from lib.attacks import kl_per_example, kl_pgd, pgd
 from lib.config import make_config
 from lib.errors import ConfigError, SambookError
-from lib.methods import make_strategy
+from lib.methods import METHODS, arow_loss, make_method, perturbed_weights, trades_loss
 from lib.models import build_model
-from lib.optim import SAM, frozen_bn_stats
+from lib.optim import frozen_bn_stats
 from lib.paths import REPO_ROOT
 from lib.train import build_optimizer
 
@@ -32,16 +35,21 @@ def batch():
     return torch.rand(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
 
 
-def fresh(seed: int = 0):
+@pytest.fixture(scope="module")
+def batch64(batch):
+    return batch[0].double(), batch[1]
+
+
+def fresh(seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return build_model(10, width=8).train()
+    return build_model(10, width=8).to(dtype).train()
 
 
 def one_step(cfg, model, x, y, seed: int = 1):
-    """One strategy step with the engine's optimiser; returns the model's state_dict after it."""
+    """One method step with the engine's optimiser; returns the model's state_dict after it."""
     opt = build_optimizer(cfg, model, CPU)
     gen = torch.Generator().manual_seed(seed)
-    loss, logits = make_strategy(cfg).step(model, opt, x, y, gen)
+    loss, logits = make_method(cfg).step(model, opt, x, y, gen)
     assert torch.isfinite(loss)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -63,20 +71,27 @@ def param_keys(model):
 
 
 @pytest.mark.parametrize("gamma", [0.01, 0.5])
-def test_awp_step_is_the_gradient_at_the_perturbed_point_applied_at_w(batch, gamma):
+def test_awp_step_is_the_gradient_at_the_perturbed_point_applied_at_w(batch64, gamma):
     """w_new = w - lr * (grad CE(x_adv) at w + v  +  wd * w): no perturbation is left in the weights.
 
     v is computed here independently of the proxy: the proxy's SGD step on -CE moves w_l by
     lr * g_l, so v_l = gamma * ||w_l|| * g_l / ||g_l||. With gamma = 0.5 a leftover v would be huge.
+
+    The model runs in float64, but every loss is computed in fp32 by design (``logits.float()``,
+    for bf16 logits), so the proxy's gradient, and with it the direction of v, carries fp32
+    rounding: about 6e-8 relative. v = gamma ||w|| d / ||d|| then differs from the exact one by
+    about gamma ||w_l|| 1e-7 <= 1e-8 here, and the update (lr = 0.1 times the gradient's change over
+    that distance) by about 1e-8. Tolerance 1e-7; a leftover v (gamma ||w|| ~ 1e-2 to 1) would be
+    five orders of magnitude above it.
     """
-    x, y = batch
+    x, y = batch64
     cfg = make_config("awp", "smoke", gamma=gamma)
-    model = fresh()
+    model = fresh(dtype=torch.float64)
     ref = copy.deepcopy(model)
     w0 = {n: p.detach().clone() for n, p in ref.named_parameters()}
     after = one_step(cfg, model, x, y)
 
-    gen = torch.Generator().manual_seed(1)           # the adversary the strategy saw
+    gen = torch.Generator().manual_seed(1)           # the adversary the method saw
     x_adv = pgd(ref, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, norm=cfg.norm, generator=gen)
     probe = copy.deepcopy(ref)                        # gradient at w (train mode), for v
     g = dict(zip(param_keys(probe), torch.autograd.grad(F.cross_entropy(probe(x_adv), y), list(probe.parameters()))))
@@ -88,25 +103,25 @@ def test_awp_step_is_the_gradient_at_the_perturbed_point_applied_at_w(batch, gam
     with frozen_bn_stats(at_wv):
         grads = torch.autograd.grad(F.cross_entropy(at_wv(x_adv), y), list(at_wv.parameters()))
     expected = {n: w0[n] - cfg.lr * (gr + cfg.weight_decay * w0[n]) for n, gr in zip(param_keys(ref), grads)}
-    assert_same(after, expected, atol=2e-6, keys=list(expected))
+    assert_same(after, expected, atol=1e-7, keys=list(expected))
     # BatchNorm statistics are those of one train-mode forward at the unperturbed w on x_adv
-    stats = fresh()
+    stats = fresh(dtype=torch.float64)
     with torch.no_grad():
         stats(x_adv)
     for k, v in stats.state_dict().items():
         if "running" in k:
-            torch.testing.assert_close(after[k], v, atol=1e-6, rtol=0, msg=k)
+            torch.testing.assert_close(after[k], v, atol=1e-12, rtol=0, msg=k)
 
 
-def test_awp_with_gamma_zero_is_at(batch):
-    x, y = batch
-    a = one_step(make_config("awp", "smoke", gamma=0.0), fresh(), x, y)
-    b = one_step(make_config("at", "smoke"), fresh(), x, y)
-    assert_same(a, b, atol=1e-7)
+def test_awp_with_gamma_zero_is_at(batch64):
+    x, y = batch64
+    a = one_step(make_config("awp", "smoke", gamma=0.0), fresh(dtype=torch.float64), x, y)
+    b = one_step(make_config("at", "smoke"), fresh(dtype=torch.float64), x, y)
+    assert_same(a, b, atol=1e-12)          # the same arithmetic up to float64 rounding (see the module docstring)
 
 
 def test_awp_only_perturbs_conv_and_linear_weights():
-    names = [n for n, _ in beyond.perturbed_weights(fresh())]
+    names = [n for n, _ in perturbed_weights(fresh())]
     assert names and all(n.endswith("weight") for n in names)
     assert not any(".bn" in n or n.startswith("bn") for n in names)
     assert "linear.weight" in names and "conv1.weight" in names
@@ -116,19 +131,19 @@ def test_awp_only_perturbs_conv_and_linear_weights():
 # TRADES and ARoW
 
 
-def test_trades_with_beta_zero_is_st(batch):
-    x, y = batch
-    model = fresh()
+def test_trades_with_beta_zero_is_st(batch64):
+    x, y = batch64
+    model = fresh(dtype=torch.float64)
     a = one_step(make_config("trades", "smoke", beta=0.0), model, x, y)
-    b = one_step(make_config("st", "smoke"), fresh(), x, y)
-    assert_same(a, b, atol=1e-7, keys=param_keys(model))   # BN statistics differ: TRADES also sees x_adv
+    b = one_step(make_config("st", "smoke"), fresh(dtype=torch.float64), x, y)
+    assert_same(a, b, atol=1e-12, keys=param_keys(model))   # BN statistics differ: TRADES also sees x_adv
 
 
-def test_arow_without_smoothing_and_weight_is_trades_with_beta_two_lambda(batch):
-    x, y = batch
-    a = one_step(make_config("arow", "smoke", lam=3.0, smoothing=0.0, weighted=0), fresh(), x, y)
-    b = one_step(make_config("trades", "smoke", beta=6.0), fresh(), x, y)
-    assert_same(a, b, atol=1e-7)
+def test_arow_without_smoothing_and_weight_is_trades_with_beta_two_lambda(batch64):
+    x, y = batch64
+    a = one_step(make_config("arow", "smoke", lam=3.0, smoothing=0.0, weighted=0), fresh(dtype=torch.float64), x, y)
+    b = one_step(make_config("trades", "smoke", beta=6.0), fresh(dtype=torch.float64), x, y)
+    assert_same(a, b, atol=1e-12)
 
 
 def test_arow_loss_matches_its_formula_and_keeps_the_weight_in_the_graph():
@@ -141,26 +156,26 @@ def test_arow_loss_matches_its_formula_and_keeps_the_weight_in_the_graph():
     onehot = F.one_hot(y, 10).float()
     ce_smooth = -(((1 - 0.2) * onehot + 0.2 / 10) * logits.log_softmax(1)).sum(1).mean()
     manual = ce_smooth + 2 * 3.5 * (kl * (1 - q.gather(1, y[:, None]).squeeze(1))).mean()
-    ours = beyond.arow_loss(logits, logits_adv, y, lam=3.5, smoothing=0.2)
+    ours = arow_loss(logits, logits_adv, y, lam=3.5, smoothing=0.2)
     torch.testing.assert_close(ours, manual)
     detached = ce_smooth + 2 * 3.5 * (kl * (1 - q.gather(1, y[:, None]).squeeze(1)).detach()).mean()
     g_ours = torch.autograd.grad(ours, logits_adv)[0]
     g_det = torch.autograd.grad(detached, logits_adv)[0]
     assert not torch.allclose(g_ours, g_det)     # the weight 1 - p_y(x_adv) is differentiated
-    torch.testing.assert_close(beyond.arow_loss(logits, logits_adv, y, 3.0, 0.0, weighted=False),
-                               beyond.trades_loss(logits, logits_adv, y, 6.0))
+    torch.testing.assert_close(arow_loss(logits, logits_adv, y, 3.0, 0.0, weighted=False),
+                               trades_loss(logits, logits_adv, y, 6.0))
 
 
 def test_kl_pgd_is_feasible_and_raises_the_kl(batch):
     x, y = batch
     model = fresh().eval()
     eps = 8 / 255
-    x_adv = beyond.kl_pgd(model, x, eps=eps, alpha=2 / 255, steps=3, generator=torch.Generator().manual_seed(0))
+    x_adv = kl_pgd(model, x, eps=eps, alpha=2 / 255, steps=3, generator=torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
-        kl_adv = beyond.kl_per_example(model(x), model(x_adv)).mean()
-        start = beyond.kl_pgd(model, x, eps=eps, alpha=2 / 255, steps=0, generator=torch.Generator().manual_seed(0))
-        kl_start = beyond.kl_per_example(model(x), model(start)).mean()
+        kl_adv = kl_per_example(model(x), model(x_adv)).mean()
+        start = kl_pgd(model, x, eps=eps, alpha=2 / 255, steps=0, generator=torch.Generator().manual_seed(0))
+        kl_start = kl_per_example(model(x), model(start)).mean()
     assert kl_adv > 10 * kl_start
     assert not model.training
 
@@ -176,24 +191,6 @@ def test_sam_at_with_rho_zero_is_at(batch):
     assert_same(a, b)
 
 
-def test_asam_perturbation_has_the_adaptive_form(batch):
-    """e(w) = rho * T^2 g / ||T g||, T = |w| (Kwon et al. 2021), over all parameters at once."""
-    x, y = batch
-    model = fresh()
-    rho = 0.5
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, adaptive=True, lr=0.1)
-    F.cross_entropy(model(x), y).backward()
-    w0 = [p.detach().clone() for p in model.parameters()]
-    g = [p.grad.clone() for p in model.parameters()]
-    opt.first_step(zero_grad=True)
-    tg_norm = torch.sqrt(sum(((w.abs() * gi) ** 2).sum() for w, gi in zip(w0, g)))
-    for p, w, gi in zip(model.parameters(), w0, g):
-        torch.testing.assert_close(p.detach() - w, rho * w.abs() ** 2 * gi / tg_norm, atol=1e-7, rtol=1e-4)
-    e_norm = torch.sqrt(sum(((p.detach() - w) ** 2).sum() for p, w in zip(model.parameters(), w0)))
-    assert not torch.isclose(e_norm, torch.tensor(rho))   # not SAM's fixed radius rho
-    opt.second_step()
-
-
 # --------------------------------------------------------------------------------------------------
 # The loop, configs, errors
 
@@ -205,8 +202,8 @@ def test_each_method_trains_in_the_loop(method, batch):
     x, y = batch
     xu = (x * 255).to(torch.uint8)
     data = CifarData("cifar10", "npz", "random", xu, y, xu[:4], y[:4])
-    cfg = make_config(method, "smoke", epochs=1, epoch_eval_size=4, eval_steps=1)
-    res = train(cfg, data, device="cpu", progress=False)
+    cfg = make_config(method, "smoke", epochs=1)
+    res = train(cfg, data, device="cpu", progress=False, curve=(4, 1))
     assert res.finished and len(res.history) == 1
 
 
@@ -259,15 +256,15 @@ def test_flatness_has_no_side_effects_and_worst_beats_random(batch):
     x, y = batch
     model = fresh()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert beyond.flatness(model, x, y, rho=0.0, kind="worst") == 0.0
-    rnd = beyond.flatness(model, x, y, rho=0.05, kind="random", draws=3)
-    worst = beyond.flatness(model, x, y, rho=0.05, kind="worst", steps=2)
+    assert probes.flatness(model, x, y, rho=0.0, kind="worst") == 0.0
+    rnd = probes.flatness(model, x, y, rho=0.05, kind="random", draws=3)
+    worst = probes.flatness(model, x, y, rho=0.05, kind="worst", steps=2)
     assert worst > rnd and worst > 0
-    assert beyond.flatness(model, x, y, rho=0.05, kind="random", draws=3) == rnd      # deterministic
+    assert probes.flatness(model, x, y, rho=0.05, kind="random", draws=3) == rnd      # deterministic
     assert_same({k: v for k, v in model.state_dict().items()}, before)
     assert model.training and all(p.grad is None for p in model.parameters())
     with pytest.raises(ConfigError):
-        beyond.flatness(model, x, y, rho=0.05, kind="sharpest")
+        probes.flatness(model, x, y, rho=0.05, kind="sharpest")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,10 +291,83 @@ def test_autoattack_on_a_tiny_model(batch):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # standard AutoAttack; the budget is large enough that APGD-CE breaks every example of an untrained
     # net, so the later (costly on a CPU) attacks of the ensemble have nothing left to do
-    assert autoattack.autoattack_accuracy(model, x, y, norm="linf", eps=32 / 255, n=8) == 0.0
-    from lib.attacks import Budget
-    res = autoattack.compare_with_pgd(model, x, y, Budget("linf", 32 / 255, 8 / 255), steps=2, n=4,
-                                      version="custom", attacks=["apgd-ce"])
-    assert res == {"n": 4, "natural": 100.0, "pgd": 0.0, "autoattack": 0.0, "gap": 0.0}
+    acc, ok = autoattack.autoattack_accuracy(model, x, y, norm="linf", eps=32 / 255, n=8, per_example=True)
+    assert acc == 0.0 and ok.shape == (8,) and not ok.any()
     assert_same(model.state_dict(), before)
     assert all(p.grad is None for p in model.parameters()) and not model.training
+
+
+# --------------------------------------------------------------------------------------------------
+# One fact in one place
+
+
+def test_every_method_describes_itself():
+    assert list(METHODS) == ["st", "sam", "asam", "at", "sam_at", "awp", "trades", "arow"]
+    for name, m in METHODS.items():
+        assert m.name == name and m.title and m.description
+        cfg = make_config(name, "smoke")
+        assert m.passes_per_step(cfg) == m.train_passes + (cfg.steps if m.adversarial else 0)
+        assert m.forward_equivalents(cfg) == 3 * m.train_passes + 2 * (cfg.steps if m.adversarial else 0)
+        assert m.defaults() == {h.name: h.default for h in m.hparams}
+        assert cfg.label.startswith(m.title)
+
+
+FRESH = """
+import json, sys
+from lib.config import make_config
+out = {}
+for m in ("st", "sam", "asam", "at", "sam_at", "awp", "trades", "arow"):
+    c = make_config(m, "smoke")
+    out[m] = c.label
+print(json.dumps(out))
+"""
+
+
+def test_make_config_works_for_every_method_in_a_fresh_interpreter():
+    r = subprocess.run([sys.executable, "-c", FRESH], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import json
+    labels = json.loads(r.stdout)
+    assert labels["awp"] == "AWP L-inf 8/255 gamma=0.01" and labels["asam"] == "ASAM rho=0.5"
+    assert len(labels) == 8
+
+
+def test_list_methods_lists_all_eight_in_a_fresh_interpreter():
+    r = subprocess.run([sys.executable, "-m", "lib", "--list-methods"], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()] == list(METHODS)
+
+
+def test_lib_has_no_import_circle():
+    """Module-level imports between lib's modules form a graph without cycles (imports inside
+    functions are deliberate late imports and do not count)."""
+    import ast
+    lib = REPO_ROOT / "lib"
+    graph = {}
+    for f in lib.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[f.stem] = {d for d in deps if (lib / f"{d}.py").exists()}
+    seen, stack = set(), []
+
+    def visit(n):
+        if n in stack:
+            raise AssertionError("import circle: " + " -> ".join(stack[stack.index(n):] + [n]))
+        if n in seen:
+            return
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            visit(d)
+        stack.pop()
+        seen.add(n)
+
+    for n in sorted(graph):
+        visit(n)
+    assert "methods" in graph["config"] and "config" not in graph["methods"]
