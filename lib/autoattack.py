@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from .attacks import PAPER_BUDGETS, Budget, model_mode, validate_budget
+from .attacks import validate_budget
 from .data import to_float
 from .errors import ConfigError, SambookError
+from .runtime import fp32_evaluation, model_mode
 
 INSTALL_HINT = "AutoAttack is not installed: pip install -r requirements-extra.txt"
 VERSIONS = ("standard", "plus", "rand", "custom")
@@ -76,7 +77,7 @@ def _standard_settings(aa, version: str) -> None:
 
 def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
                         n: int | None = 1000, version: str = "standard", attacks=None, batch_size: int = 500,
-                        seed: int = 0) -> float:
+                        seed: int = 0, per_example: bool = False):
     """Robust accuracy (%) under AutoAttack on the first ``n`` examples (``n=None``: all of them).
 
     Args:
@@ -90,7 +91,8 @@ def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
     An example counts as robust only if it is classified correctly both clean and after the attack
     (the same rule as :func:`lib.evaluate.evaluate`). Every returned adversarial example is checked
-    to lie in the eps-ball and in [0, 1].
+    to lie in the eps-ball and in [0, 1]. Runs in fp32 (:func:`lib.runtime.fp32_evaluation`).
+    ``per_example``: return (accuracy, boolean mask of the examples still correct).
     """
     validate_budget(norm, eps)
     if version not in VERSIONS:
@@ -115,7 +117,7 @@ def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     try:
         for p in params:              # the attacks need input gradients only: no weight .grad written
             p.requires_grad_(False)
-        with model_mode(model, training=False), torch.random.fork_rng(devices=fork_devices):
+        with fp32_evaluation(), model_mode(model, training=False), torch.random.fork_rng(devices=fork_devices):
             if pkg == "pyautoattack":
                 aa = AutoAttack(model, norm=_NORMS[norm], eps=eps, version=version, seed=seed, device=device,
                                 attacks=list(attacks) if version == "custom" else None)
@@ -143,22 +145,5 @@ def autoattack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     if bool((size > eps + tol).any()) or x_adv.min() < 0 or x_adv.max() > 1 or bool(torch.isnan(x_adv).any()):
         raise SambookError(f"AutoAttack returned infeasible examples (max size {size.max().item():.6f} > "
                            f"eps {eps:.6f}, or outside [0, 1])")
-    return 100.0 * correct.float().mean().item()
-
-
-def compare_with_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     budget: Budget = PAPER_BUDGETS[1], steps: int = 10, n: int | None = 1000,
-                     version: str = "standard", attacks=None, seed: int = 0) -> dict:
-    """Our PGD accuracy and AutoAttack's on the same first ``n`` examples, and the gap (points).
-
-    Returns ``{"n", "natural", "pgd", "autoattack", "gap"}`` with gap = pgd - autoattack; a gap of more
-    than a few points flags an attack that is too weak for this model.
-    """
-    from .evaluate import evaluate
-    xs = x[:n] if n is not None else x
-    ys = y[:n] if n is not None else y
-    ours = evaluate(model, xs, ys, budgets=(budget,), steps=steps, seed=seed)
-    aa = autoattack_accuracy(model, xs, ys, budget.norm, budget.eps, n=None, version=version, attacks=attacks,
-                             seed=seed)
-    return {"n": len(ys), "natural": ours["natural"], "pgd": ours[budget.name], "autoattack": aa,
-            "gap": ours[budget.name] - aa}
+    acc = 100.0 * correct.float().mean().item()
+    return (acc, correct.cpu()) if per_example else acc

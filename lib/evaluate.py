@@ -1,69 +1,78 @@
-"""Clean and PGD robust accuracy, the paper's way: PGD-10 with random start, model in eval mode.
+"""Clean and PGD robust accuracy, in fp32, with the model in eval mode.
 
 ``evaluate`` has no side effects on the model: parameters, gradients, BatchNorm statistics and the
-train/eval mode of every module are the same afterwards (checked by the tests).
+train/eval mode of every module are the same afterwards (checked by the tests). It refuses to run
+under autocast and turns TF32 off on CUDA (:func:`lib.runtime.fp32_evaluation`): an attack in a
+coarser arithmetic optimises a different function from the one that classifies.
+
+An example counts as robust only if it is classified correctly clean *and* after the attack, so
+examples wrong on the clean input are never attacked (they cannot count, whatever the attack does).
+Named evaluation protocols (the paper's, a converged one, a strong one, AutoAttack) and the cached
+evaluation stage over a finished run live in :mod:`lib.protocols`.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from .attacks import PAPER_BUDGETS, model_mode, pgd
+from .attacks import CONVERGED_BUDGETS, LOSSES, pgd
 from .data import to_float
 from .errors import ConfigError
+from .runtime import fp32_evaluation, model_mode
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return to_float(x) if x.dtype == torch.uint8 else x
+    return to_float(x) if x.dtype == torch.uint8 else x.float()
 
 
-def _cast(device, autocast_dtype):
-    return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-
-
-def _clean_batches(model, x, y, batch_size, autocast_dtype):
-    """Yield (images, labels, clean-correct mask) per test batch, on the model's device."""
+def clean_batches(model, x, y, batch_size):
+    """Yield (images, labels, clean-correct mask) per test batch, on the model's device, in fp32."""
     device = next(model.parameters()).device
     for i in range(0, len(y), batch_size):
         xb, yb = _as_float(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device)
-        if device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), _cast(device, autocast_dtype):
+        xb = xb.contiguous(memory_format=torch.channels_last)     # the layout of lib.runtime.memory_format
+        with torch.no_grad():
             clean = model(xb).argmax(1) == yb
         yield xb, yb, clean
 
 
-def evaluate(model, x, y, budgets=PAPER_BUDGETS, steps: int = 10, batch_size: int = 500, seed: int = 0,
-             autocast_dtype=None, restarts: int = 1, per_example: bool = False) -> dict:
+def evaluate(model, x, y, budgets=CONVERGED_BUDGETS, steps: int = 10, batch_size: int = 500, seed: int = 0,
+             restarts: int = 1, loss: str = "ce", any_iterate: bool = False, per_example: bool = False) -> dict:
     """Accuracy (%) on clean inputs (key ``natural``) and under PGD at each budget (key ``budget.name``).
 
     Args:
-        x, y: test images (uint8 or float in [0, 1]) and labels, on the model's device.
-        budgets: :class:`lib.attacks.Budget` items; default the paper's four (L-inf 1, 2; L2 16, 32 /255).
-        steps: PGD iterations (10 in the paper). seed: seeds the random starts (deterministic results).
+        x, y: test images (uint8 or float in [0, 1]) and labels.
+        budgets: :class:`lib.attacks.Budget` items (names are unique per norm, eps and step).
+        steps: PGD iterations. restarts: random starts per example (broken if any breaks it).
+        loss: ``ce`` (cross-entropy) or ``margin`` (Carlini-Wagner). seed: seeds the random starts.
+        any_iterate: an example is broken if any iterate is misclassified (see :func:`lib.attacks.pgd`).
         per_example: also return boolean tensors (key ``<name>_correct``) of the examples still correct.
 
-    Example: ``evaluate(model, data.x_test, data.y_test)`` -> ``{"natural": 94.1, "linf_1": 41.0, ...}``.
+    Example: ``evaluate(model, data.x_test, data.y_test)`` -> ``{"natural": 94.1, "linf_1-a0.25": 41.0, ...}``.
     """
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown attack loss {loss!r}; valid losses: {', '.join(LOSSES)}")
+    names = [b.name for b in budgets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two budgets share a name (same norm, eps and step): {names}")
     device = next(model.parameters()).device
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     correct = {"natural": []}
     correct.update({b.name: [] for b in budgets})
-    with model_mode(model, training=False):
-        for xb, yb, clean in _clean_batches(model, x, y, batch_size, autocast_dtype):
+    with fp32_evaluation(), model_mode(model, training=False):
+        for xb, yb, clean in clean_batches(model, x, y, batch_size):
             correct["natural"].append(clean)
+            idx = torch.nonzero(clean).flatten()
             for b in budgets:
+                ok = torch.zeros_like(clean)
                 if b.eps == 0:          # the budget holds only x itself: its accuracy is the clean one
-                    correct[b.name].append(clean)
-                    continue
-                x_adv = pgd(model, xb, yb, eps=b.eps, alpha=b.alpha, steps=steps, norm=b.norm, restarts=restarts,
-                            generator=gen, autocast_dtype=autocast_dtype)
-                with torch.no_grad(), _cast(device, autocast_dtype):
-                    adv_logits = model(x_adv)
-                # an example counts as robust only if it is also classified correctly when clean
-                correct[b.name].append((adv_logits.argmax(1) == yb) & clean)
+                    ok = clean.clone()
+                elif len(idx):
+                    x_adv = pgd(model, xb[idx].contiguous(memory_format=torch.channels_last), yb[idx], eps=b.eps, alpha=b.alpha, steps=steps, norm=b.norm,
+                                restarts=restarts, loss_fn=LOSSES[loss], generator=gen, any_iterate=any_iterate)
+                    with torch.no_grad():
+                        ok[idx] = model(x_adv).argmax(1) == yb[idx]
+                correct[b.name].append(ok)
     out = {}
     for k, v in correct.items():
         c = torch.cat(v) if v else torch.zeros(0, dtype=torch.bool)
@@ -73,8 +82,8 @@ def evaluate(model, x, y, budgets=PAPER_BUDGETS, steps: int = 10, batch_size: in
     return out
 
 
-def accuracy_vs_steps(model, x, y, budgets, steps_list=(1, 2, 5, 10, 20, 40), seed: int = 0, batch_size: int = 500,
-                      autocast_dtype=None) -> list[dict]:
+def accuracy_vs_steps(model, x, y, budgets, steps_list=(1, 2, 5, 10, 20, 40), seed: int = 0,
+                      batch_size: int = 500) -> list[dict]:
     """PGD accuracy (%) against the number of iterations, per budget: the convergence check (check 4).
 
     A converged attack gives (almost) the same accuracy at k and 2k steps. Each value equals
@@ -92,20 +101,23 @@ def accuracy_vs_steps(model, x, y, budgets, steps_list=(1, 2, 5, 10, 20, 40), se
     for g in gens:
         g.manual_seed(int(seed))                        # as evaluate(budgets=(b,), seed=seed) does
     correct = [{k: [] for k in ks} for _ in budgets]    # per budget: per k, the correct-mask of each batch
-    with model_mode(model, training=False):
-        for xb, yb, clean in _clean_batches(model, x, y, batch_size, autocast_dtype):
+    with fp32_evaluation(), model_mode(model, training=False):
+        for xb, yb, clean in clean_batches(model, x, y, batch_size):
+            idx = torch.nonzero(clean).flatten()
             for b, gen, hits in zip(budgets, gens, correct):
-                if b.eps == 0:
+                if b.eps == 0 or not len(idx):
                     for k in ks:
-                        hits[k].append(clean)
+                        hits[k].append(clean if b.eps == 0 else torch.zeros_like(clean))
                     continue
 
-                def record(t, logits, yb=yb, clean=clean, hits=hits):
+                def record(t, logits, yb=yb, clean=clean, idx=idx, hits=hits):
                     if t in hits:
-                        hits[t].append((logits.argmax(1) == yb) & clean)
+                        ok = torch.zeros_like(clean)
+                        ok[idx] = logits.argmax(1) == yb[idx]
+                        hits[t].append(ok)
 
-                pgd(model, xb, yb, eps=b.eps, alpha=b.alpha, steps=ks[-1], norm=b.norm, generator=gen,
-                    autocast_dtype=autocast_dtype, on_iterate=record)
+                pgd(model, xb[idx].contiguous(memory_format=torch.channels_last), yb[idx], eps=b.eps, alpha=b.alpha, steps=ks[-1], norm=b.norm, generator=gen,
+                    on_iterate=record)
     rows = []
     for b, hits in zip(budgets, correct):
         for k in ks:

@@ -1,24 +1,33 @@
-"""Cached runs: a run is a pure function of its frozen config, stored under a hash of it.
+"""The run cache: a run is a pure function of its frozen config, stored under a hash of it.
 
     outputs/runs/<readable-name>-<config-hash>/
         config.json     the full config (written first)
         history.csv     one row per epoch
-        metrics.json    final clean / robust accuracies, time, images/s, device, versions, commit
-                        (written last and atomically: its presence means "finished")
-        model.pt        final weights (gitignored)
-        checkpoint.pt   last epoch's full state while the run is unfinished (gitignored)
+        metrics.json    training time, images/s, precision, weights' hash, code fingerprint and
+                        provenance (CPU model and flags or GPU, threads, torch, commit, date);
+                        written last and atomically: its presence means "finished"
+        eval/*.json     evaluations under named protocols (:mod:`lib.protocols`)
+        probes/*.json   measurements on the weights (:mod:`lib.probes`)
+        model.pt        final weights (never committed)
+        checkpoint.pt   last epoch's full state while the run is unfinished (never committed)
+        .lock           held while a process trains the run
 
-A finished run is reused, never retrained; a failed run never touches a finished run's files.
+A finished run is reused, never retrained; a failed run never touches a finished run's files. Two
+processes never train the same run at once: the second waits on the lock and then reuses the
+first's result (or, if the first was killed, resumes from its checkpoint).
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import datetime as _dt
+import fcntl
 import hashlib
 import io
 import logging
-import platform
+import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -26,17 +35,19 @@ from pathlib import Path
 
 import torch
 
-from . import paths
-from .config import PROFILES, RunConfig
-from .data import CifarData, find_source, load_dataset
+from . import paths, runtime
+from .config import RunConfig, profile as get_profile
+from .data import find_source, load_subset
 from .errors import SambookError
-from .evaluate import evaluate
 from .io import atomic_write, read_json, write_json, write_text
-from .methods import make_strategy
-from .train import CHECKPOINT, default_device, train
+from .train import CHECKPOINT, train
 
 log = logging.getLogger(__name__)
-METRICS, CONFIG, HISTORY, MODEL = "metrics.json", "config.json", "history.csv", "model.pt"
+METRICS, CONFIG, HISTORY, MODEL, LOCK = "metrics.json", "config.json", "history.csv", "model.pt", ".lock"
+# The files whose code determines a trained network (data, model, optimiser, attacks, methods, loop,
+# arithmetic). Their fingerprint is recorded in every run; a changed fingerprint means a result was
+# made by different training code than the checkout's.
+TRAINING_CODE = ("data.py", "models.py", "optim.py", "attacks.py", "methods.py", "train.py", "runtime.py")
 
 
 @dataclass
@@ -50,12 +61,16 @@ class RunResult:
         import pandas as pd
         return pd.DataFrame(self.history)
 
+    @property
+    def has_weights(self) -> bool:
+        return (self.path / MODEL).exists()
+
 
 def resolve(config: RunConfig, data_root=None, download: bool = False) -> RunConfig:
     """Fix ``data_source`` (``auto`` -> the first source of the profile's preference that exists)."""
-    from .config import PROFILES
-    sources = PROFILES[config.profile].sources if config.data_source == "auto" else (config.data_source,)
-    source, _ = find_source(config.dataset, data_root, sources, download)
+    if config.data_source != "auto":
+        return config
+    source, _ = find_source(config.dataset, data_root, get_profile(config.profile).sources, download)
     return replace(config, data_source=source)
 
 
@@ -69,36 +84,67 @@ def is_finished(path: Path) -> bool:
     return (Path(path) / METRICS).is_file()
 
 
-_DATA_CACHE: dict = {}
-
-
-def load_data_for(config: RunConfig, data_root=None, download: bool = False, device=None) -> CifarData:
-    """The config's dataset and subset, loaded once per process and device."""
-    key = (config.dataset, config.data_source, str(paths.data_root(data_root)), config.train_per_class,
-           config.test_per_class, str(device))
-    if key not in _DATA_CACHE:
-        data = load_dataset(config.dataset, data_root, sources=(config.data_source,), download=download)
-        data = data.subset(config.train_per_class, config.test_per_class, seed=0)
-        _DATA_CACHE[key] = data.to(device) if device is not None else data
-    return _DATA_CACHE[key]
+def load_data(config: RunConfig, data_root=None, download: bool = False, device=None):
+    """The config's training subset and its profile's test subset (loaded once per process and device)."""
+    prof = get_profile(config.profile)
+    return load_subset(config.dataset, config.data_source, data_root, config.train_per_class, prof.test_per_class,
+                       device=device, download=download)
 
 
 def git_commit() -> str:
+    """The checkout's commit (``+dirty`` when lib/ has uncommitted changes); ``$SAMBOOK_COMMIT`` where
+    there is no git repository (a copied working tree, e.g. on the GPU machine)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True,
                              text=True, timeout=10)
-        commit = out.stdout.strip() or "unknown"
+        commit = out.stdout.strip() or os.environ.get("SAMBOOK_COMMIT", "unknown")
+        if out.returncode != 0:
+            return os.environ.get("SAMBOOK_COMMIT", "unknown")
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "lib"], cwd=paths.REPO_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("SAMBOOK_COMMIT", "unknown")
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+class _Prose(ast.NodeTransformer):
+    """Drops what cannot change a number: docstrings, log calls, and the messages of raised errors."""
+
+    def generic_visit(self, node):
+        node = super().generic_visit(node)
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            kept = [b for b in body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                                            and isinstance(b.value.value, str))]
+            kept = [b for b in kept if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Call)
+                                            and isinstance(b.value.func, ast.Attribute)
+                                            and isinstance(b.value.func.value, ast.Name) and b.value.func.value.id == "log")]
+            node.body = kept or [ast.Pass()]
+        return node
+
+    def visit_Raise(self, node):
+        return ast.Raise(exc=None, cause=None)
+
+
+def _normalised_source(path: Path) -> str:
+    """The file's syntax tree without comments, formatting, docstrings, log calls or error messages."""
+    return ast.dump(_Prose().visit(ast.parse(path.read_text())), include_attributes=False)
+
+
+def fingerprint() -> str:
+    """A hash of the training code (``TRAINING_CODE``): what it computes, not how it is worded (comments,
+    docstrings, formatting, log calls and error messages do not count)."""
+    h = hashlib.sha1()
+    for name in TRAINING_CODE:
+        h.update(name.encode())
+        h.update(_normalised_source(paths.REPO_ROOT / "lib" / name).encode())
+    return h.hexdigest()[:12]
+
+
+def stale(results) -> list[str]:
+    """Names of the runs made by different training code than the checkout's (see :func:`fingerprint`)."""
+    now = fingerprint()
+    return [r.path.name for r in results if r.metrics.get("fingerprint") not in (None, now)]
 
 
 def _history_csv(history: list) -> str:
@@ -111,68 +157,99 @@ def _history_csv(history: list) -> str:
     return buf.getvalue()
 
 
+def _sha_file(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Use ``n`` torch threads inside the block (None: leave the setting alone)."""
-    if not n:
-        yield
-        return
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
+def run_lock(path: Path, poll: float = 2.0):
+    """Hold ``path/.lock`` exclusively (fcntl.flock): other processes wait until it is released.
+
+    The kernel releases the lock when its holder exits, killed or not, so a lock file left by a dead
+    process is stale: the next process takes it over (and says so).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            log.warning("%s is being trained by %s; waiting for it", path.name, holder)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(poll)
+        else:
+            old = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            if old:
+                log.warning("%s: stale lock of %s (no longer running) taken over", path.name, old)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield
     finally:
-        torch.set_num_threads(saved)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
 
 
 def run(config: RunConfig, data_root=None, runs_root=None, device=None, download: bool = False,
         progress: bool = True, retrain: bool = False, stop_after_epoch: int | None = None,
         compile_model: bool = False, need_model: bool = False) -> RunResult | None:
-    """Train and evaluate ``config`` unless a finished run exists; return its :class:`RunResult`.
+    """Train ``config`` unless a finished run exists; return its :class:`RunResult`.
 
-    ``need_model``: a finished run whose weights are missing (e.g. committed metrics of a GPU run,
-    whose model.pt is never committed) is trained again so that :func:`load_model` works.
+    ``need_model``: a finished run whose weights are missing (e.g. committed results, whose model.pt
+    is never committed) is trained again so that :func:`load_model` works.
     Returns None if ``stop_after_epoch`` interrupted the run (its checkpoint is kept for a resume).
+    Evaluation is a separate stage (:func:`lib.protocols.evaluate_run`).
     """
-    config = resolve(config, data_root, download) if config.data_source == "auto" else config
+    config = resolve(config, data_root, download)
     path = run_dir(config, runs_root)
-    if is_finished(path) and not retrain and not (need_model and not (path / MODEL).exists()):
+    code = fingerprint()            # the training code as this run starts (recorded in its metrics)
+
+    def reusable():
+        return is_finished(path) and not retrain and not (need_model and not (path / MODEL).exists())
+
+    if reusable():
         return load_run(path)
+    dev = runtime.device(device)
+    data = load_data(config, data_root, download, dev)       # bad or missing data stops here, before any write
     try:
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / CONFIG, config.to_dict())
     except OSError as e:
         raise SambookError(f"cannot write the run folder {path}: {e.strerror or e}") from None
-    device = torch.device(device) if device is not None else default_device()
-    data = load_data_for(config, data_root, download, device)
-    cuda = device.type == "cuda"
-    with cpu_threads(None if cuda else PROFILES[config.profile].cpu_threads):
-        result = train(config, data, device=device, run_dir=path, progress=progress,
-                       stop_after_epoch=stop_after_epoch, compile_model=compile_model)
+    with run_lock(path):
+        if reusable():                  # another process finished it while this one waited
+            return load_run(path)
+        try:
+            write_json(path / CONFIG, config.to_dict())
+        except OSError as e:
+            raise SambookError(f"cannot write the run folder {path}: {e.strerror or e}") from None
+        with runtime.threads(None if dev.type == "cuda" else get_profile(config.profile).cpu_threads):
+            result = train(config, data, device=dev, run_dir=path, progress=progress,
+                           stop_after_epoch=stop_after_epoch, compile_model=compile_model)
+            env = runtime.describe(dev)
         if not result.finished:
             return None
-        t0 = time.perf_counter()
-        final = evaluate(result.model, data.x_test, data.y_test, budgets=config.eval_budgets,
-                         steps=config.eval_steps, seed=config.seed, autocast_dtype=torch.bfloat16 if cuda else None)
-        final_eval_s = time.perf_counter() - t0
-        device_text = device_name(device)
-    metrics = {
-        "name": config.name, "label": config.label, "config_hash": config.config_hash(),
-        "method": config.method, "profile": config.profile, "dataset": config.dataset, "seed": config.seed,
-        "data": data.describe(), "data_exact": data.exact,
-        "train_images": len(data.y_train), "test_images": len(data.y_test),
-        **{k: v for k, v in final.items()},
-        "train_seconds": result.train_seconds, "curve_eval_seconds": result.eval_seconds,
-        "final_eval_seconds": final_eval_s,
-        "images_per_second": result.images_seen / result.train_seconds if result.train_seconds else None,
-        "passes_per_step": make_strategy(config).passes_per_step(),
-        "device": device_text, "torch": torch.__version__, "commit": git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write(path / MODEL, lambda p: torch.save(result.model.state_dict(), p))
-    write_text(path / HISTORY, _history_csv(result.history))
-    write_json(path / METRICS, metrics)        # last: marks the run finished
-    (path / CHECKPOINT).unlink(missing_ok=True)
+        atomic_write(path / MODEL, lambda p: torch.save(result.model.state_dict(), p))
+        metrics = {
+            "name": config.name, "label": config.label, "config_hash": config.config_hash(),
+            "method": config.method, "profile": config.profile, "dataset": config.dataset, "seed": config.seed,
+            "data": data.describe(), "data_exact": data.exact,
+            "train_images": len(data.y_train), "test_images": len(data.y_test),
+            "train_seconds": result.train_seconds, "curve_eval_seconds": result.eval_seconds,
+            "images_per_second": result.images_seen / result.train_seconds if result.train_seconds else None,
+            "passes_per_step": config.spec.passes_per_step(config), "precision": result.precision,
+            "attack_precision": "fp32" if (config.attack_fp32 or result.precision == "fp32") else result.precision,
+            "weights_sha": _sha_file(path / MODEL), "fingerprint": code, **env,
+            "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_text(path / HISTORY, _history_csv(result.history))
+        write_json(path / METRICS, metrics)        # last: marks the run finished
+        (path / CHECKPOINT).unlink(missing_ok=True)
     return load_run(path)
 
 
@@ -180,12 +257,16 @@ def load_run(path) -> RunResult:
     path = Path(path)
     if not is_finished(path):
         raise SambookError(f"{path} is not a finished run (no {METRICS})")
-    config = RunConfig.from_dict(read_json(path / CONFIG))
+    try:
+        config = RunConfig.from_dict(read_json(path / CONFIG))
+        metrics = read_json(path / METRICS)
+    except (OSError, ValueError, TypeError) as e:
+        raise SambookError(f"{path}: unreadable run files ({e})") from None
     history = []
     if (path / HISTORY).exists():
         with open(path / HISTORY) as f:
             history = [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return RunResult(config, read_json(path / METRICS), history, path)
+    return RunResult(config, metrics, history, path)
 
 
 def _num(v: str):
@@ -200,87 +281,21 @@ def load_model(result: RunResult, device=None):
     """The trained network of a finished run, in eval mode."""
     from .models import build_model
     c = result.config
+    if not result.has_weights:
+        raise SambookError(f"{result.path.name} has no weights (model.pt is never committed); retrain it with "
+                           f"python -m lib train ... or read its cached evaluations")
     model = build_model(c.num_classes, c.width, c.dataset)
     model.load_state_dict(torch.load(result.path / MODEL, map_location="cpu", weights_only=True))
-    return model.to(device or "cpu").eval()
+    return model.to(device or "cpu", memory_format=torch.channels_last).eval()
 
 
-def find_runs(runs_root=None, **filters) -> list[RunResult]:
-    """Every finished run under the runs root whose metrics match ``filters`` (e.g. profile="fast")."""
-    root = paths.runs_root(runs_root)
+def finished_runs(configs, data_root=None, runs_root=None) -> list[RunResult | None]:
+    """The finished run of each config (None where there is none), without training anything."""
     out = []
-    if not root.is_dir():
-        return out
-    for d in sorted(root.iterdir()):
-        if is_finished(d):
-            try:
-                r = load_run(d)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("skipping unreadable run %s: %s", d, e)
-                continue
-            if all(r.metrics.get(k) == v for k, v in filters.items()):
-                out.append(r)
+    for c in configs:
+        # a committed result is found even where its data is absent: try each source of the profile
+        sources = get_profile(c.profile).sources if c.data_source == "auto" else (c.data_source,)
+        paths_ = [run_dir(replace(c, data_source=s), runs_root) for s in sources]
+        done = [p for p in paths_ if is_finished(p)]
+        out.append(load_run(done[0]) if done else None)
     return out
-
-
-def run_all(configs, data_root=None, runs_root=None, device=None, progress: bool = True, **kw) -> list[RunResult]:
-    """Run (or load) every config in order: the local, sequential executor."""
-    return [run(c, data_root=data_root, runs_root=runs_root, device=device, progress=progress, **kw)
-            for c in configs]
-
-
-
-def robustness_curve(result: RunResult, norm: str, eps_list, data_root=None, steps: int | None = None,
-                     device=None):
-    """Robust accuracy (%) against eps for a finished run, cached as ``curve-<norm>-<key>.csv`` in its folder.
-
-    Step size eps/4 (``lib.attacks.eval_budget``, the book's evaluation); ``steps`` defaults to the
-    config's eval_steps. Also gives the per-example running minimum over increasing eps (a model can
-    never be more robust at a larger eps than at a smaller one). Returns a pandas DataFrame.
-    """
-    import pandas as pd
-
-    from .attacks import eval_budget
-    steps = result.config.eval_steps if steps is None else steps
-    eps_list = sorted(float(e) for e in eps_list)
-    cached = cached_curve(result, norm, eps_list, steps)
-    if cached is not None:
-        return cached
-    cache, key = _curve_cache(result, norm, eps_list, steps)
-    device = torch.device(device) if device is not None else default_device()
-    model = load_model(result, device)
-    data = load_data_for(result.config, data_root, device=device)
-    budgets = tuple(eval_budget(norm, e) for e in eps_list)
-    cuda = device.type == "cuda"
-    with cpu_threads(None if cuda else PROFILES[result.config.profile].cpu_threads):
-        r = evaluate(model, data.x_test, data.y_test, budgets=budgets, steps=steps, seed=result.config.seed,
-                     autocast_dtype=torch.bfloat16 if cuda else None, per_example=True)
-    running = r["natural_correct"].clone()
-    rows = []
-    for b in budgets:
-        running &= r[f"{b.name}_correct"]
-        rows.append({"label": result.config.label, "norm": norm, "eps_255": b.eps * 255, "robust_acc": r[b.name],
-                     "running_min": 100.0 * running.float().mean().item()})
-    df = pd.DataFrame(rows)
-    atomic_write(cache, lambda p: df.assign(key=key).to_csv(p, index=False))
-    return df
-
-
-def _curve_cache(result: RunResult, norm: str, eps_list, steps: int):
-    from .attacks import EVAL_STEP_DIVISOR
-    eps_list = sorted(float(e) for e in eps_list)
-    key = ",".join(f"{e * 255:.4g}" for e in eps_list) + f"|step eps/{EVAL_STEP_DIVISOR}|{steps}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:8]      # one file per (norm, eps list, steps)
-    return result.path / f"curve-{norm}-{digest}.csv", key
-
-
-def cached_curve(result: RunResult, norm: str, eps_list, steps: int | None = None):
-    """The cached :func:`robustness_curve` of a run for exactly these eps and steps, else None."""
-    import pandas as pd
-    steps = result.config.eval_steps if steps is None else steps
-    cache, key = _curve_cache(result, norm, eps_list, steps)
-    if cache.exists():
-        df = pd.read_csv(cache)
-        if "key" in df and (df["key"] == key).all():
-            return df.drop(columns="key")
-    return None

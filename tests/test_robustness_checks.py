@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.attacks import PAPER_BUDGETS, Budget, fgsm, model_mode, pgd, random_noise
-from lib.errors import ConfigError
+from lib.attacks import CONVERGED_BUDGETS, Budget, fgsm, margin_loss, pgd, random_noise
+from lib.errors import ConfigError, SambookError
 from lib.evaluate import evaluate
 from lib.models import build_model
+from lib.runtime import model_mode
 
 
 def acc(model, x, y):
@@ -52,7 +53,7 @@ def test_adversarial_examples_are_feasible(trained, test_batch, norm, eps):
 def test_eps_zero_gives_clean_accuracy(trained, test_batch):
     x, y = test_batch
     r = evaluate(trained, x, y, budgets=(Budget("linf", 0.0, 0.0), Budget("l2", 0.0, 0.0)), steps=5)
-    assert r["linf_0"] == r["natural"] == r["l2_0"]       # evaluate takes eps = 0 as the clean input
+    assert r["linf_0-a0"] == r["natural"] == r["l2_0-a0"]       # evaluate takes eps = 0 as the clean input
     for norm in ("linf", "l2"):                            # and PGD itself leaves x unchanged there
         x_adv = pgd(trained, x, y, eps=0.0, alpha=0.0, steps=5, norm=norm, generator=torch.Generator().manual_seed(0))
         assert torch.equal(x_adv, x) and acc(trained, x_adv, y) == acc(trained, x, y)
@@ -80,7 +81,7 @@ def test_accuracy_does_not_rise_with_eps(trained, test_batch, norm, scale):
 
 
 # 4 ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("budget", PAPER_BUDGETS, ids=lambda b: b.name)
+@pytest.mark.parametrize("budget", CONVERGED_BUDGETS, ids=lambda b: b.name)
 def test_doubling_steps_changes_little(trained, test_batch, budget):
     x, y = test_batch
     r10 = evaluate(trained, x, y, budgets=(budget,), steps=10, per_example=True)[budget.name + "_correct"]
@@ -137,7 +138,7 @@ def test_pgd_beats_fgsm(trained, test_batch, norm, eps):
 
 
 # 9 ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("budget", PAPER_BUDGETS, ids=lambda b: b.name)
+@pytest.mark.parametrize("budget", CONVERGED_BUDGETS, ids=lambda b: b.name)
 def test_attack_loss_rises_along_iterations(trained, test_batch, budget):
     x, y = test_batch
     _, losses = pgd(trained, x, y, eps=budget.eps, alpha=budget.alpha, steps=10, norm=budget.norm,
@@ -173,8 +174,8 @@ def test_undefended_model_is_broken_at_8_over_255(trained, test_batch):
 def test_accuracy_vs_steps_matches_evaluate(trained, test_batch):
     from lib.evaluate import accuracy_vs_steps
     x, y = test_batch
-    b = PAPER_BUDGETS[3]
-    budgets = [PAPER_BUDGETS[1], b]
+    b = CONVERGED_BUDGETS[3]
+    budgets = [CONVERGED_BUDGETS[1], b]
     rows = accuracy_vs_steps(trained, x, y, budgets, steps_list=(4, 1, 2), seed=5, batch_size=64)
     assert [r["steps"] for r in rows] == [1, 2, 4, 1, 2, 4] and rows[3]["step"] == "eps/4"
     # one PGD-4 run read at its iterates gives exactly what separate PGD-k evaluations give
@@ -248,3 +249,105 @@ def test_normalisation_happens_once_inside_the_model(exact):
     # per-channel statistics of real images after the model's normalisation: near zero mean, unit std
     assert z.mean(dim=(0, 2, 3)).abs().max() < 0.35
     assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.35
+
+
+# what evaluation must never do ---------------------------------------------------------------------
+class _WrongWhenClean(torch.nn.Module):
+    """Wrong on exactly the clean images, right on every other input: an attack cannot make it robust."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.register_buffer("x0", x.clone())
+        self.register_buffer("y0", y.clone())
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        at_clean = (x - self.x0[: len(x)]).flatten(1).abs().amax(1) == 0
+        label = torch.where(at_clean, (self.y0[: len(x)] + 1) % 10, self.y0[: len(x)])
+        return torch.nn.functional.one_hot(label, 10).float() * 10 + self.w * x.flatten(1)[:, :10]
+
+
+def test_an_example_wrong_on_the_clean_input_is_never_robust():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    model = _WrongWhenClean(x, y)
+    with torch.no_grad():      # the premise: wrong clean, right once perturbed
+        assert (model(x).argmax(1) != y).all()
+        assert (model(random_noise(x, 8 / 255, generator=g)).argmax(1) == y).all()
+    r = evaluate(model, x, y, budgets=CONVERGED_BUDGETS, steps=2, per_example=True, batch_size=8)
+    assert r["natural"] == 0.0
+    for b in CONVERGED_BUDGETS:
+        assert r[b.name] == 0.0 and not r[f"{b.name}_correct"].any()
+
+
+class _BrokenByOneStart(torch.nn.Module):
+    """Zero gradient everywhere (PGD cannot move); wrong only where delta's mean over the first channel
+    is above a threshold, so whether an example breaks depends only on its random start."""
+
+    def __init__(self, x, threshold):
+        super().__init__()
+        self.register_buffer("x0", x.clone())
+        self.threshold = threshold
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        d = (x - self.x0[: len(x)])[:, 0].mean(dim=(1, 2))
+        wrong = (d > self.threshold).long()
+        return torch.nn.functional.one_hot(wrong, 10).float() + 0 * self.w
+
+
+def test_restarts_keep_the_worst_case():
+    """A model only a second random start breaks: PGD with 2 restarts must count it broken, and must
+    return that start's (wrong) example, not the first start's."""
+    eps = 8 / 255
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 32, 32, generator=g) * 0.5 + 0.25        # away from the box: no clipping
+    y = torch.zeros(64, dtype=torch.long)
+    model = _BrokenByOneStart(x, threshold=1e-4 * eps)
+    one = pgd(model, x, y, eps=eps, alpha=eps / 4, steps=2, generator=torch.Generator().manual_seed(3))
+    two = pgd(model, x, y, eps=eps, alpha=eps / 4, steps=2, restarts=2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ok_one, ok_two = model(one).argmax(1) == y, model(two).argmax(1) == y
+    only_second = ok_one & ~ok_two
+    assert only_second.any(), "the test model must have examples only the second start breaks"
+    assert not (ok_two & ~ok_one).any()
+    for any_iterate in (False, True):
+        r = evaluate(model, x, y, budgets=(Budget("linf", eps, eps / 4),), steps=2, restarts=2, seed=3,
+                     any_iterate=any_iterate, per_example=True)
+        r1 = evaluate(model, x, y, budgets=(Budget("linf", eps, eps / 4),), steps=2, restarts=1, seed=3,
+                      any_iterate=any_iterate, per_example=True)
+        name = Budget("linf", eps, eps / 4).name
+        assert (r[f"{name}_correct"] <= r1[f"{name}_correct"]).all() and r[name] < r1[name]
+
+
+def test_two_budgets_with_the_same_eps_stay_apart(trained, test_batch):
+    x, y = test_batch
+    a, b = Budget("l2", 32 / 255, 4 / 255), Budget("l2", 32 / 255, 8 / 255)
+    assert a.name != b.name and a.threat == b.threat == "l2_32"
+    r = evaluate(trained, x, y, budgets=(a, b), steps=2)
+    assert set(r) == {"natural", a.name, b.name}
+    with pytest.raises(ConfigError, match="share a name"):
+        evaluate(trained, x, y, budgets=(a, a), steps=2)
+
+
+def test_evaluation_refuses_to_run_under_autocast(trained, test_batch):
+    x, y = test_batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(SambookError, match="fp32"):
+            evaluate(trained, x, y, steps=1)
+
+
+def test_any_iterate_is_at_least_as_strong_as_the_last_iterate(trained, test_batch):
+    x, y = test_batch
+    b = CONVERGED_BUDGETS[1]
+    last = evaluate(trained, x, y, budgets=(b,), steps=10, per_example=True)[f"{b.name}_correct"]
+    anyi = evaluate(trained, x, y, budgets=(b,), steps=10, any_iterate=True, per_example=True)[f"{b.name}_correct"]
+    assert int(anyi.sum()) <= int(last.sum()) + 1      # a different random start may save one image
+
+
+def test_margin_loss_is_positive_exactly_when_misclassified():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 0])
+    m = margin_loss(logits, y)
+    assert m.tolist() == [-2.0, 2.0]
+    assert ((m > 0) == (logits.argmax(1) != y)).all()

@@ -1,0 +1,135 @@
+"""The evaluation stage (lib.protocols): named protocols over finished runs, cached per (weights, protocol, n).
+
+A tiny smoke run (1 epoch, 20 images per class) is trained once per module; everything else
+evaluates it. What is asserted holds on any processor: caching and reuse, the union's logic, the
+protocols' definitions, feasibility, orderings; never one machine's accuracies.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lib import protocols, runs
+from lib.attacks import PAPER_BUDGETS, THREATS
+from lib.config import make_config
+from lib.errors import ConfigError, SambookError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return runs.run(make_config("st", "smoke", epochs=1, train_per_class=20), runs_root=root, device="cpu",
+                    progress=False)
+
+
+def test_the_protocols_are_what_their_docs_say():
+    p = protocols.PROTOCOLS
+    assert set(p) == {"paper", "converged", "strong", "autoattack", "apgd-ce", "linf8"}
+    for proto in p.values():
+        assert proto.doc and proto.title
+    # the paper's steps: L-inf eps/4, L2 eps/8, PGD-10, one random start, the last iterate
+    a = p["paper"].attacks[0]
+    assert (a.steps, a.linf_div, a.l2_div, a.restarts, a.loss, a.any_iterate) == (10, 4, 8, 1, "ce", False)
+    assert [a.budget(n, e) for n, e in THREATS] == list(PAPER_BUDGETS)
+    c = p["converged"].attacks[0]
+    assert (c.steps, c.linf_div, c.l2_div) == (10, 4, 4)
+    s = p["strong"].attacks
+    assert {x.loss for x in s} == {"ce", "margin"} and all(x.steps >= 50 and x.any_iterate for x in s)
+    assert sum(x.restarts for x in s) >= 3
+    assert p["autoattack"].attacks[0].version == "standard"
+    assert p["linf8"].threats == (("linf", 8 / 255),)
+    # the digest ignores prose, not settings
+    assert len({q.digest() for q in p.values()}) == len(p)
+
+
+def test_pack_and_unpack_are_inverse():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 200, 1000):
+        m = rng.random(n) < 0.4
+        assert (protocols.unpack(protocols.pack(m), n) == m).all()
+    assert len(protocols.pack(np.ones(1000, bool))) < 200
+
+
+def test_evaluate_run_writes_a_record_and_reuses_it(run):
+    rec = protocols.evaluate_run(run, "paper")
+    path = protocols.eval_path(run.path, "paper", None)
+    assert path.exists()
+    assert rec["n"] == run.metrics["test_images"] == 200 and rec["weights_sha"] == run.metrics["weights_sha"]
+    clean = protocols.unpack(rec["clean"], rec["n"])
+    assert abs(100 * clean.mean() - rec["natural"]) < 1e-9
+    for t, v in rec["threats"].items():
+        robust = protocols.unpack(v["robust"], rec["n"])
+        assert not (robust & ~clean).any()             # robust only where correct clean
+        assert abs(100 * robust.mean() - v["acc"]) < 1e-9
+    mtime = path.stat().st_mtime_ns
+    again = protocols.evaluate_run(run, "paper")
+    assert again == rec and path.stat().st_mtime_ns == mtime      # cached: nothing recomputed or rewritten
+
+
+def test_a_new_protocol_never_retrains_and_shares_identical_attacks(run, monkeypatch):
+    import lib.runs as R
+    monkeypatch.setattr(R, "train", lambda *a, **k: pytest.fail("evaluation must never train"))
+    paper = protocols.evaluate_run(run, "paper")
+    conv = protocols.evaluate_run(run, "converged")
+    # L-inf steps are the same in both protocols: the outcome is reused, not recomputed
+    for t in ("linf_1", "linf_2"):
+        key = conv["threats"][t]["attacks"][0]
+        assert key == paper["threats"][t]["attacks"][0]
+        assert conv["attacks"][key].get("reused") and conv["attacks"][key]["robust"] == paper["attacks"][key]["robust"]
+    for t in ("l2_16", "l2_32"):
+        assert conv["threats"][t]["attacks"][0] != paper["threats"][t]["attacks"][0]
+
+
+def test_subset_protocols_and_the_worst_case_union(run):
+    paper = protocols.evaluate_run(run, "paper")
+    strong = protocols.evaluate_run(run, "strong", n=40)
+    assert strong["n"] == 40 and protocols.eval_path(run.path, "strong", 40).exists()
+    worst = protocols.worst_case(run)
+    for t in ("linf_1", "linf_2", "l2_16", "l2_32"):
+        w = worst[t]
+        assert w["n_common"] == 40 and "strong" in w["protocols"] and "paper" in w["protocols"]
+        p_mask = protocols.unpack(paper["threats"][t]["robust"], 200)
+        s_mask = protocols.unpack(strong["threats"][t]["robust"], 40)
+        union = p_mask.copy()
+        union[:40] &= s_mask
+        assert w["acc"] == pytest.approx(100 * union.mean())       # per example, over the whole test set
+        assert w["worst_on_common"] == pytest.approx(100 * (p_mask[:40] & s_mask).mean())
+        assert w["acc"] <= paper["threats"][t]["acc"] + 1e-9
+        assert w["gap"] == pytest.approx(w["paper_on_common"] - w["worst_on_common"]) and w["gap"] >= 0
+
+
+def test_stale_records_are_ignored_and_bad_n_refused(run, tmp_path):
+    rec = protocols.evaluate_run(run, "paper")
+    path = protocols.eval_path(run.path, "paper", None)
+    doctored = dict(rec, weights_sha="0" * 16)
+    path.write_text(json.dumps(doctored))
+    assert all(r.get("weights_sha") != "0" * 16 for r in protocols.evaluations(run))
+    fresh = protocols.evaluate_run(run, "paper")                 # recomputed for the real weights
+    assert fresh["weights_sha"] == run.metrics["weights_sha"] and fresh["threats"] == rec["threats"]
+    with pytest.raises(ConfigError, match="valid protocols"):
+        protocols.evaluate_run(run, "pgd-1000")
+    with pytest.raises(ConfigError, match="positive number"):
+        protocols.evaluate_run(run, "paper", n=0)
+
+
+def test_cached_evaluations_are_read_without_weights(run, tmp_path):
+    import shutil
+    copy = tmp_path / run.path.name
+    shutil.copytree(run.path, copy)
+    (copy / runs.MODEL).unlink()
+    r = runs.load_run(copy)
+    rec = protocols.evaluate_run(r, "paper")                      # committed results: no weights needed
+    assert rec["n"] == 200
+    with pytest.raises(SambookError, match="no weights"):
+        protocols.evaluate_run(r, "linf8")
+
+
+def test_the_evaluate_command_never_trains(run, capsys):
+    from lib.cli import main
+    assert main(["evaluate", "--run", str(run.path), "--protocol", "linf8", "--n", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "linf8" in out and "n=   30" in out
+    assert main(["evaluate", "--run", str(run.path / "nope")]) == 2
+    assert "not a finished run" in capsys.readouterr().err

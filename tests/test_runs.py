@@ -1,0 +1,108 @@
+"""The run cache's guarantees: file permissions, one trainer per run folder (two real processes), a stale
+lock from a killed process, and the fingerprint of the training code."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lib import paths, runs
+from lib.config import make_config
+from lib.io import atomic_write, write_json
+
+TINY = "dict(epochs={epochs}, train_per_class=20, batch_size=64)"
+CHILD = """
+import sys, time, json
+from lib import runs
+from lib.config import make_config
+cfg = make_config("st", "smoke", **{tiny})
+t0 = time.time()
+r = runs.run(cfg, runs_root=sys.argv[1], device="cpu", progress=False)
+print(json.dumps({{"path": str(r.path), "date": r.metrics["date"], "t0": t0, "t1": time.time()}}))
+"""
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        atomic_write(tmp_path / "b.bin", lambda p: p.write_bytes(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
+
+
+def _child(root, epochs):
+    env = {**os.environ, "PYTHONPATH": str(paths.REPO_ROOT)}
+    code = CHILD.format(tiny=TINY.format(epochs=epochs))
+    return subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=paths.REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_never_train_the_same_run(tmp_path):
+    """The second process waits on the first's lock and then reuses its finished result."""
+    import json
+    a = _child(tmp_path, 2)
+    cfg = runs.resolve(make_config("st", "smoke", epochs=2, train_per_class=20, batch_size=64))
+    lock = runs.run_dir(cfg, tmp_path) / runs.LOCK
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b = _child(tmp_path, 2)
+    out_a, err_a = a.communicate(timeout=600)
+    out_b, err_b = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
+    ra, rb = json.loads(out_a), json.loads(out_b)
+    assert ra["path"] == rb["path"] and ra["date"] == rb["date"]      # one training, reused by the second
+    assert "waiting for it" in err_b
+    assert rb["t1"] >= ra["t1"] - 1.0                                  # b finished only after a had
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_leaves_a_stale_lock_that_the_next_process_takes_over(tmp_path):
+    a = _child(tmp_path, 3)
+    cfg = runs.resolve(make_config("st", "smoke", epochs=3, train_per_class=20, batch_size=64))
+    folder = runs.run_dir(cfg, tmp_path)
+    deadline = time.monotonic() + 180
+    while not (folder / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    a.send_signal(signal.SIGKILL)
+    a.communicate(timeout=60)
+    assert (folder / runs.LOCK).read_text().startswith("pid") and not runs.is_finished(folder)
+    b = _child(tmp_path, 3)
+    out, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err
+    assert "stale lock" in err and runs.is_finished(folder)
+    assert [h["epoch"] for h in runs.load_run(folder).history] == [1, 2, 3]
+
+
+def test_the_fingerprint_follows_the_code_not_its_prose(tmp_path, monkeypatch):
+    src = paths.REPO_ROOT / "lib"
+    fake = tmp_path / "lib"
+    fake.mkdir()
+    for name in runs.TRAINING_CODE:
+        (fake / name).write_text((src / name).read_text())
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    base = runs.fingerprint()
+    train = fake / "train.py"
+    text = train.read_text()
+    train.write_text(text.replace('"""The one training loop', '"""A reworded docstring. The one training loop', 1)
+                     + "\n# a comment\n")
+    assert runs.fingerprint() == base                      # prose does not count
+    train.write_text(text.replace("lr *= 0.1", "lr *= 0.2"))
+    assert runs.fingerprint() != base                      # arithmetic does
+
+
+def test_results_made_by_other_training_code_are_named(tmp_path):
+    r = runs.run(make_config("st", "smoke", epochs=1, train_per_class=10), runs_root=tmp_path, device="cpu",
+                 progress=False)
+    assert runs.stale([r]) == []
+    m = dict(r.metrics, fingerprint="000000000000")
+    write_json(r.path / runs.METRICS, m)
+    assert runs.stale([runs.load_run(r.path)]) == [r.path.name]
