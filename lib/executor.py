@@ -1,48 +1,50 @@
-"""Run executors: a grid of configs through the run cache, one after another or as Ray tasks.
+"""Run executors: one driver over futures, three backends, one retry policy.
 
-Both executors sit behind the same cache (:mod:`lib.runs`): a config whose finished run exists is
-loaded on the driver and never submitted; every other config is trained by ``lib.runs.run``, which
-writes ``outputs/runs/<name>-<hash>/`` atomically and resumes an unfinished run from its last
-epoch's ``checkpoint.pt``. So an interrupted grid, run again, redoes only what is missing.
+Every grid goes through the run cache (:mod:`lib.runs`): a config whose finished run exists is
+loaded here and never submitted; every other config becomes a task that trains it (resuming an
+unfinished run from its last epoch's ``checkpoint.pt``), then evaluates it under its profile's
+protocols and computes its probes. So an interrupted grid, run again, redoes only what is missing.
 
-- ``local`` (the default): on this machine. One run at a time in this process (what
-  :func:`lib.runs.run_all` does), except on a CPU with a profile that fixes its threads per run
-  (smoke: 1), where ``jobs`` runs train at once, each in its own process (``concurrent.futures``
-  with spawned workers): 2 on a 2-core machine. ``jobs`` (or ``$SAMBOOK_JOBS``) overrides it; the
-  numbers are the same either way, since each run uses the same thread count.
-- ``ray``: each run is one Ray task asking for one GPU when the cluster has GPUs (else
-  ``cpus_per_run`` CPUs). Ray is found through the standard ``RAY_ADDRESS`` (an existing cluster,
-  e.g. after ``ray start --head``); without it a local Ray instance is started for the grid. The run
-  folders and the data must be on a filesystem every node sees at the same path: the driver passes
-  both roots to the tasks as absolute paths.
+Backends (the driver, :func:`map_tasks`, does not care which):
+
+- ``inline``: in this process, one task after another.
+- ``process``: ``jobs`` spawned worker processes (``concurrent.futures``). The local executor uses
+  it on a CPU when the profile fixes the threads per run (smoke, cpu: 1), so several runs train at
+  once with the same arithmetic as one at a time.
+- ``ray``: one Ray task per run asking for one GPU when the cluster has GPUs (else ``cpus_per_run``
+  CPUs), through ``RAY_ADDRESS`` or a local instance. The run folders and the data must be on a
+  filesystem every node sees at the same path.
 
 The executor is chosen by one setting: the ``executor`` argument, else ``$EXECUTOR``, else local.
 
-Fault handling (both executors): a run that raises, or whose Ray worker dies, is tried again up to
-``max_retries`` more times (resuming from its checkpoint); after that it is reported by name with its
-last error in :attr:`GridReport.failed`, and the rest of the grid still finishes.
+Retry policy (every backend): a task that raises, or whose worker dies, is tried again up to
+``max_retries`` more times (resuming from its checkpoint); after that it is reported by name with
+its last error in :attr:`GridReport.failed`, and the rest of the grid still finishes. At most as
+many tasks as there are workers are in flight, so a dead worker costs an attempt only to the runs
+that were running.
 
 Example::
 
     from lib.config import paper_grid
     from lib.executor import run_grid
-    report = run_grid(paper_grid("smoke"), executor="ray")
-    report.raise_for_failures()          # or inspect report.failed
-    accs = [r.metrics["natural"] for r in report.results]
+    report = run_grid(paper_grid("smoke"))
+    report.raise_for_failures()
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from . import paths, runs
-from .config import RunConfig
+from .config import RunConfig, profile as get_profile
 from .errors import ConfigError, SambookError
 
 log = logging.getLogger(__name__)
@@ -115,13 +117,36 @@ def run_name(config: RunConfig, configs=()) -> str:
     return config.name if len(same) <= 1 else f"{config.name}-{config.config_hash()}"
 
 
-def _run_config(config, data_root=None, runs_root=None, device=None, progress=False):
-    """The default task: train (or resume) and evaluate one config through the cache."""
-    return runs.run(config, data_root=data_root, runs_root=runs_root, device=device, progress=progress)
+def finish_run(result, data_root=None, device=None) -> None:
+    """What follows training: the profile's evaluation protocols and the run's probes (all cached)."""
+    from . import probes, protocols
+    from .autoattack import available
+    for name, n, seeds in get_profile(result.config.profile).protocols:
+        if seeds is not None and result.config.seed not in seeds:
+            continue
+        if name in ("autoattack", "apgd-ce") and not available():
+            log.warning("%s: AutoAttack protocol skipped (%s)", result.path.name, RAY_HINT.replace("ray", "extras"))
+            continue
+        protocols.evaluate_run(result, name, n=n, data_root=data_root, device=device)
+    for name in probes.default_probes(result.config):
+        probes.probe(result, name, data_root=data_root, device=device)
+
+
+def _run_config(config, data_root=None, runs_root=None, device=None, progress=False, finish=True):
+    """The default task: train (or resume) one config through the cache, then evaluate and probe it."""
+    result = runs.run(config, data_root=data_root, runs_root=runs_root, device=device, progress=progress)
+    if result is not None and finish:
+        finish_run(result, data_root, device)
+    return result
+
+
+def train_only(config, data_root=None, runs_root=None, device=None, progress=False):
+    """A task that trains (or resumes) one config and leaves evaluation for later."""
+    return _run_config(config, data_root, runs_root, device, progress, finish=False)
 
 
 # The function every executor calls for one run. Tests swap it for one that injects faults; it is
-# passed to Ray tasks by value, so a swapped function reaches the workers too.
+# passed to workers by value, so a swapped function reaches them too.
 _task_fn = _run_config
 
 
@@ -133,285 +158,100 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def _ray_task(task_fn, config, data_root, runs_root, threads):
-    """Body of one Ray task: run the config and return its run folder (a path on the shared filesystem)."""
-    import torch
-    if threads and not torch.cuda.is_available():
-        torch.set_num_threads(threads)        # one thread per requested CPU: no oversubscription
-    result = task_fn(config, data_root=data_root, runs_root=runs_root, device=None, progress=False)
-    return None if result is None else str(result.path)
+# --------------------------------------------------------------------------------------------------
+# Backends: something with submit(fn, *args) -> Future, slots, reset() and close()
 
 
-class _Bar:
-    """The grid's progress: a tqdm bar over runs with done / running / failed in its postfix."""
+class InlineBackend:
+    """Runs each task at once, in this process; its futures are already done."""
 
-    def __init__(self, total: int, cached: int, enabled: bool, executor: str):
-        self.bar = tqdm(total=total, initial=cached, desc=f"grid ({executor})", unit="run", disable=not enabled)
-        self.cached = cached
-        self.last = None
+    slots = 1
 
-    def show(self, done: int, running: int, failed: int, queued: int = 0):
-        state = (done, running, failed, queued)
-        if state == self.last:          # redraw on change only (log files stay short)
-            return
-        self.last = state
-        self.bar.n = done + failed
-        post = dict(done=done, running=running, failed=failed)
-        if queued:
-            post["queued"] = queued
-        if self.cached:
-            post["cached"] = self.cached
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.refresh()
+    def submit(self, fn, *args):
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - handed to the driver's retry policy
+            fut.set_exception(e)
+        return fut
+
+    def reset(self):
+        pass
 
     def close(self):
-        self.bar.close()
+        pass
 
 
-def run_grid(configs, executor: str | None = None, data_root=None, runs_root=None, device=None,
-             max_retries: int = 2, progress: bool = True, download: bool = False, cpus_per_run: int = 1,
-             gpus_per_run: float = 1.0, ray_address: str | None = None, ray_init: dict | None = None,
-             jobs: int | None = None) -> GridReport:
-    """Run (or load) every config through the run cache with the chosen executor.
+class ProcessBackend:
+    """``jobs`` spawned worker processes (no fork of a process that holds torch's thread pools)."""
 
-    Args:
-        configs: :class:`RunConfig` s, e.g. :func:`lib.config.paper_grid`; duplicates run once.
-        executor: ``local`` | ``ray``; None reads ``$EXECUTOR`` (default local).
-        data_root, runs_root: as in :func:`lib.runs.run`; resolved here to absolute paths, which
-            every Ray node must see (a shared filesystem).
-        device: the local executor's device (None: CUDA if available). Ray gives each task its GPU.
-        max_retries: further attempts after a failure or a worker's death (total 1 + max_retries).
-        cpus_per_run: CPUs per Ray task on a cluster without GPUs (also its torch threads).
-        gpus_per_run: GPUs per Ray task when the cluster has GPUs (0.5 packs two small runs per GPU).
-        ray_address: a Ray cluster to connect to; None uses ``$RAY_ADDRESS``, else Ray's default
-            (a cluster started on this machine with ``ray start --head``, else a new local instance).
-        ray_init: extra keyword arguments for ``ray.init`` (e.g. ``num_cpus=2`` for a local instance).
-            Ignored when Ray is already initialised in this process.
-        jobs: runs at once for the local executor (None: ``$SAMBOOK_JOBS``, else :func:`local_jobs`).
+    def __init__(self, jobs: int):
+        import multiprocessing as mp
+        self.slots = jobs
+        self._ctx = mp.get_context("spawn")
+        self._pool = None
 
-    Returns a :class:`GridReport`; it never raises for a failed run (see ``report.failed`` and
-    :meth:`GridReport.raise_for_failures`).
-    """
-    name = choose_executor(executor)
-    if max_retries < 0:
-        raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
-    if name == "ray" and device is not None:
-        raise ConfigError("device applies to the local executor; Ray gives each run its own GPU "
-                          "(or CPUs on a cluster without GPUs)")
-    t0 = time.perf_counter()
-    data_root = str(paths.data_root(data_root))
-    runs_root = str(paths.runs_root(runs_root))
-    configs = [runs.resolve(c, data_root, download) if c.data_source == "auto" else c for c in configs]
-    report = GridReport(configs=configs, results=[None] * len(configs), executor=name)
+    def submit(self, fn, *args):
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=self._ctx)
+        return self._pool.submit(fn, *args)
 
-    # One job per distinct run folder; finished runs are loaded here and never submitted.
-    folders: dict[Path, list[int]] = {}
-    for i, c in enumerate(configs):
-        folders.setdefault(runs.run_dir(c, runs_root), []).append(i)
-    todo = []
-    for path, idx in folders.items():
-        if runs.is_finished(path):
-            try:
-                res = runs.load_run(path)
-            except (OSError, ValueError, KeyError, TypeError, SambookError) as e:
-                report.failed[run_name(configs[idx[0]], configs)] = f"unreadable finished run {path}: {e}"
-                continue
-            for i in idx:
-                report.results[i] = res
-            report.cached.append(run_name(configs[idx[0]], configs))
+    def reset(self):
+        """After a worker died the pool is broken: the next submit starts a new one."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+
+
+class RayBackend:
+    """Ray tasks (one GPU each when the cluster has GPUs, else ``cpus_per_run`` CPUs); futures via ObjectRef.future()."""
+
+    def __init__(self, cpus_per_run=1, gpus_per_run=1.0, address=None, init_kwargs=None):
+        self._started = _connect_ray(address, init_kwargs or {})
+        import ray
+        self._ray = ray
+        total = ray.cluster_resources()
+        if total.get("GPU", 0) > 0:
+            self.opts, self.threads = dict(num_gpus=gpus_per_run, num_cpus=1), 0
+            self.slots = max(1, int(total["GPU"] // gpus_per_run)) if gpus_per_run else 64
         else:
-            todo.append(idx)
-    if todo:
-        _prepare_data([configs[idx[0]] for idx in todo], data_root, download, decode=name == "ray")
+            self.opts, self.threads = dict(num_cpus=cpus_per_run), cpus_per_run
+            self.slots = max(1, int(total.get("CPU", 1) // cpus_per_run)) if cpus_per_run else 64
+        log.info("ray: %s per run, about %d at a time", self.opts, self.slots)
+        # retries are counted by the driver (the same for a raised error and a dead worker)
+        self._remote = ray.remote(max_retries=0, retry_exceptions=False)(_threaded_task).options(**self.opts)
+        self._refs = []
 
-    bar = _Bar(len(folders), len(report.cached), progress, name)
-    try:
-        if name == "local":
-            n_jobs = local_jobs([configs[idx[0]] for idx in todo], device, jobs)
-            if n_jobs > 1:
-                _run_local_parallel(todo, report, data_root, runs_root, device, max_retries, n_jobs, bar)
-            else:
-                _run_local(todo, report, data_root, runs_root, device, max_retries, progress, bar)
-        else:
-            _run_ray(todo, report, data_root, runs_root, max_retries, cpus_per_run, gpus_per_run, ray_address,
-                     ray_init or {}, bar)
-    finally:
-        bar.close()
-        report.wall_seconds = time.perf_counter() - t0
-    log.info("%s", report.summary())
-    return report
+    def submit(self, fn, *args):
+        ref = self._remote.remote(self.threads, fn, *args)
+        self._refs.append(ref)
+        return ref.future()
 
+    def reset(self):
+        pass
 
-def _prepare_data(configs, data_root, download: bool, decode: bool):
-    """Download (if asked) and, for parallel tasks, decode each dataset once here on the driver, so that
-    the tasks never download or decode the same files at the same time (they read the decoded cache)."""
-    from .data import load_dataset
-    for dataset, source in sorted({(c.dataset, c.data_source) for c in configs}):
-        if (download and source == "official") or (decode and source != "npz"):
-            load_dataset(dataset, data_root, sources=(source,), download=download)
+    def close(self, cancel: bool = False):
+        if cancel:
+            for ref in self._refs:
+                try:
+                    self._ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - best effort; checkpoints stay for a resume
+                    pass
+        if self._started:
+            self._ray.shutdown()
 
 
-def _log_failure(key, attempt, max_retries, err):
-    then = "retrying" if attempt <= max_retries else "giving up"
-    log.warning("run %s failed (attempt %d of %d), %s: %s", key, attempt, max_retries + 1, then, err)
-
-
-def _finish(report, idx, result, attempts):
-    key = run_name(report.configs[idx[0]], report.configs)
-    report.attempts[key] = attempts
-    if result is not None:
-        report.trained.append(key)
-    for i in idx:
-        report.results[i] = result
-
-
-def _run_local(todo, report, data_root, runs_root, device, max_retries, progress, bar):
-    done = len(report.cached)
-    for idx in todo:
-        config = report.configs[idx[0]]
-        key = run_name(config, report.configs)
-        bar.show(done, 1, len(report.failed))
-        for attempt in range(1, max_retries + 2):
-            try:
-                result = _task_fn(config, data_root=data_root, runs_root=runs_root, device=device,
-                                  progress=progress)
-            except Exception as e:  # noqa: BLE001 - any failure of one run is reported, never fatal
-                err = _error_text(e)
-                report.attempts[key] = attempt
-                _log_failure(key, attempt, max_retries, err)
-                if attempt > max_retries:
-                    report.failed[key] = err
-                continue
-            _finish(report, idx, result, attempt)
-            done += result is not None
-            break
-        bar.show(done, 0, len(report.failed))
-
-
-def local_jobs(configs, device=None, jobs: int | None = None) -> int:
-    """How many runs the local executor trains at once.
-
-    ``jobs``, else ``$SAMBOOK_JOBS``, else: 1 on a GPU or when a profile leaves the CPU threads to
-    torch; otherwise as many as the CPU cores allow at the profile's threads per run.
-    """
+def _threaded_task(threads, fn, *args):
+    """Body of a Ray task: one torch thread per requested CPU (no oversubscription), then the task."""
     import torch
-    if jobs is None and os.environ.get("SAMBOOK_JOBS", "").strip():
-        text = os.environ["SAMBOOK_JOBS"].strip()
-        try:
-            jobs = int(text)
-        except ValueError:
-            raise ConfigError(f"SAMBOOK_JOBS must be a positive integer, got {text!r}") from None
-    if jobs is not None:
-        if jobs < 1:
-            raise ConfigError(f"jobs must be a positive integer, got {jobs}")
-        return max(1, min(jobs, len(configs)))
-    from .config import PROFILES
-    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
-    threads = {PROFILES[c.profile].cpu_threads for c in configs}
-    if not configs or not on_cpu or None in threads:
-        return 1
-    return max(1, min(len(configs), (os.cpu_count() or 1) // max(threads)))
-
-
-def _pool_task(task_fn, config, data_root, runs_root, device):
-    """Body of one local worker process: run the config, return its run folder."""
-    result = task_fn(config, data_root=data_root, runs_root=runs_root, device=device, progress=False)
-    return None if result is None else str(result.path)
-
-
-def _run_local_parallel(todo, report, data_root, runs_root, device, max_retries, n_jobs, bar):
-    """The local executor with ``n_jobs`` worker processes; retries as in the sequential one.
-
-    At most ``n_jobs`` runs are submitted at a time, so a worker that dies (and breaks the pool)
-    costs an attempt only to the runs that were running; they go to a new pool and resume from their
-    checkpoints.
-    """
-    import multiprocessing as mp
-    from collections import deque
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    queue = deque((idx, 1) for idx in todo)    # (indices into configs, attempt)
-    done = len(report.cached)
-    ctx = mp.get_context("spawn")              # no fork of a process that holds torch's thread pools
-    while queue:
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
-            pending = {}
-            broken = False
-            try:
-                while pending or (queue and not broken):
-                    while queue and not broken and len(pending) < n_jobs:
-                        idx, attempt = queue.popleft()
-                        fut = pool.submit(_pool_task, _task_fn, report.configs[idx[0]], data_root, runs_root,
-                                          device)
-                        pending[fut] = (idx, attempt)
-                    bar.show(done, len(pending), len(report.failed), len(queue))
-                    ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                    for fut in ready:
-                        idx, attempt = pending.pop(fut)
-                        key = run_name(report.configs[idx[0]], report.configs)
-                        try:
-                            path = fut.result()
-                            result = runs.load_run(path) if path is not None else None
-                        except Exception as e:  # noqa: BLE001 - a run's error or a dead worker
-                            broken = broken or isinstance(e, BrokenProcessPool)
-                            err = _error_text(e)
-                            report.attempts[key] = attempt
-                            _log_failure(key, attempt, max_retries, err)
-                            if attempt > max_retries:
-                                report.failed[key] = err
-                            else:
-                                queue.append((idx, attempt + 1))
-                            continue
-                        _finish(report, idx, result, attempt)
-                        done += result is not None
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
-    bar.show(done, 0, len(report.failed))
-
-
-def _curve_task(path: str, norm: str, eps_list, data_root, device):
-    """Body of one curve worker: the curve of the run at ``path`` (cached in its folder)."""
-    return runs.robustness_curve(runs.load_run(path), norm, eps_list, data_root=data_root, device=device)
-
-
-def curves(results, specs, data_root=None, device=None, jobs: int | None = None):
-    """:func:`lib.runs.robustness_curve` for every run in ``results`` and every (norm, eps_list) in ``specs``.
-
-    Returns one DataFrame (runs in the given order, then specs). Cached curves are read here; the
-    others are computed, on a CPU with a profile that fixes its threads per run (smoke) several at
-    once in spawned worker processes (:func:`local_jobs` of them), each at the profile's thread
-    count, so the numbers are those of a computation in this process. A run with no weights (for
-    example committed GPU metrics) and no cached curve is left out.
-    """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    import pandas as pd
-
-    frames, todo = {}, []
-    for i, r in enumerate(results):
-        for j, (norm, eps_list) in enumerate(specs):
-            hit = runs.cached_curve(r, norm, eps_list)
-            if hit is not None:
-                frames[i, j] = hit
-            elif (r.path / runs.MODEL).exists():
-                todo.append((i, j))
-    n_jobs = local_jobs([results[i].config for i, _ in todo], device=device, jobs=jobs) if todo else 1
-    if n_jobs > 1:
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {(i, j): pool.submit(_curve_task, str(results[i].path), specs[j][0], list(specs[j][1]),
-                                           data_root, device) for i, j in todo}
-            frames.update({k: f.result() for k, f in futures.items()})
-    else:
-        for i, j in todo:
-            frames[i, j] = runs.robustness_curve(results[i], specs[j][0], specs[j][1], data_root=data_root,
-                                                 device=device)
-    parts = [frames[k] for k in sorted(frames)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["label", "norm", "eps_255", "robust_acc", "running_min"])
+    if threads and not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+    return fn(*args)
 
 
 def _connect_ray(address, init_kwargs, attempts: int = 3) -> bool:
@@ -447,75 +287,249 @@ def _connect_ray(address, init_kwargs, attempts: int = 3) -> bool:
     return True
 
 
-_REMOTE = None
+# --------------------------------------------------------------------------------------------------
+# The driver
 
 
-def _remote():
-    global _REMOTE
-    if _REMOTE is None:
-        import ray
-        # Retries are counted by run_grid itself (the same for a raised error and a dead worker).
-        _REMOTE = ray.remote(max_retries=0, retry_exceptions=False)(_ray_task)
-    return _REMOTE
+@dataclass
+class TaskReport:
+    results: list
+    failed: dict = field(default_factory=dict)      # index -> last error text
+    attempts: dict = field(default_factory=dict)    # index -> attempts made
 
 
-def _run_ray(todo, report, data_root, runs_root, max_retries, cpus_per_run, gpus_per_run, address, init_kwargs,
-             bar):
-    if not todo:
-        return
-    started = _connect_ray(address, init_kwargs)
-    import ray
-    pending: dict = {}           # object ref -> (indices into configs, attempt)
+def map_tasks(backend, fn, arglist, names=None, max_retries: int = 2, check=None, on_done=None) -> TaskReport:
+    """Run ``fn(*args)`` for every ``args`` in ``arglist`` on ``backend`` with the retry policy.
+
+    ``check(result)`` may raise to turn a returned value into a failure (e.g. a run folder another
+    node wrote but this one cannot see). ``on_done(i, result)`` is called as each task finishes.
+    """
+    if max_retries < 0:
+        raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+    names = names or [str(i) for i in range(len(arglist))]
+    report = TaskReport(results=[None] * len(arglist))
+    queue = deque((i, 1) for i in range(len(arglist)))
+    pending: dict = {}
     try:
-        total = ray.cluster_resources()
-        if total.get("GPU", 0) > 0:
-            opts, threads = dict(num_gpus=gpus_per_run, num_cpus=1), 0
-            slots = int(total["GPU"] // gpus_per_run) if gpus_per_run else len(todo)
-        else:
-            opts, threads = dict(num_cpus=cpus_per_run), cpus_per_run
-            slots = int(total.get("CPU", 1) // cpus_per_run) if cpus_per_run else len(todo)
-        log.info("ray: %s per run, about %d at a time", opts, max(slots, 1))
-        remote = _remote().options(**opts)
-
-        def submit(idx, attempt):
-            ref = remote.remote(_task_fn, report.configs[idx[0]], data_root, runs_root, threads)
-            pending[ref] = (idx, attempt)
-
-        for idx in todo:
-            submit(idx, 1)
-        done = len(report.cached)
-        while pending:
-            running = min(len(pending), max(slots, 1))
-            bar.show(done, running, len(report.failed), len(pending) - running)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                idx, attempt = pending.pop(ref)
-                key = run_name(report.configs[idx[0]], report.configs)
+        while queue or pending:
+            while queue and len(pending) < backend.slots:
+                i, attempt = queue.popleft()
+                pending[backend.submit(fn, *arglist[i])] = (i, attempt)
+            ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in ready:
+                i, attempt = pending.pop(fut)
+                report.attempts[i] = attempt
                 try:
-                    path = ray.get(ref)
-                    if path is not None and not runs.is_finished(path):
-                        report.attempts[key] = attempt
-                        report.failed[key] = (f"finished on a Ray worker but {path} is not visible here: the runs "
-                                              f"root must be on a filesystem shared by every node, at the same path")
-                        continue
-                    result = runs.load_run(path) if path is not None else None
-                except Exception as e:  # noqa: BLE001 - task error, dead worker or unreadable result
+                    result = fut.result()
+                    if check is not None:
+                        result = check(result)
+                except Exception as e:  # noqa: BLE001 - a task's error or a dead worker: the retry policy
+                    if isinstance(e, BrokenProcessPool):
+                        backend.reset()
                     err = _error_text(e)
-                    report.attempts[key] = attempt
-                    _log_failure(key, attempt, max_retries, err)
+                    then = "retrying" if attempt <= max_retries else "giving up"
+                    log.warning("%s failed (attempt %d of %d), %s: %s", names[i], attempt, max_retries + 1, then, err)
                     if attempt <= max_retries:
-                        submit(idx, attempt + 1)
+                        queue.append((i, attempt + 1))
                     else:
-                        report.failed[key] = err
+                        report.failed[i] = err
                     continue
-                _finish(report, idx, result, attempt)
-                done += result is not None
-        bar.show(done, 0, len(report.failed))
+                report.results[i] = result
+                if on_done is not None:
+                    on_done(i, result)
     except BaseException:
-        for ref in list(pending):          # stop the workers; their checkpoints stay for a resume
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+        for fut in pending:
+            fut.cancel()
         raise
+    return report
+
+
+def local_jobs(configs, device=None, jobs: int | None = None) -> int:
+    """How many runs the local executor trains at once.
+
+    ``jobs``, else ``$SAMBOOK_JOBS``, else: 1 on a GPU or when a profile leaves the CPU threads to
+    torch; otherwise as many as the CPU cores allow at the profile's threads per run.
+    """
+    import torch
+    if jobs is None and os.environ.get("SAMBOOK_JOBS", "").strip():
+        text = os.environ["SAMBOOK_JOBS"].strip()
+        try:
+            jobs = int(text)
+        except ValueError:
+            raise ConfigError(f"SAMBOOK_JOBS must be a positive integer, got {text!r}") from None
+    if jobs is not None:
+        if not isinstance(jobs, int) or jobs < 1:
+            raise ConfigError(f"jobs must be a positive integer, got {jobs}")
+        return max(1, min(jobs, len(configs) or 1))
+    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    threads = {get_profile(c.profile).cpu_threads for c in configs}
+    if not configs or not on_cpu or None in threads:
+        return 1
+    return max(1, min(len(configs), (os.cpu_count() or 1) // max(threads)))
+
+
+def make_backend(name: str, configs, device=None, jobs=None, cpus_per_run=1, gpus_per_run=1.0, ray_address=None,
+                 ray_init=None):
+    if name == "ray":
+        return RayBackend(cpus_per_run, gpus_per_run, ray_address, ray_init)
+    n = local_jobs(configs, device, jobs)
+    return ProcessBackend(n) if n > 1 else InlineBackend()
+
+
+class _Bar:
+    """The grid's progress: a tqdm bar over runs with done / running / failed in its postfix."""
+
+    def __init__(self, total: int, cached: int, enabled: bool, executor: str):
+        self.bar = tqdm(total=total, initial=cached, desc=f"grid ({executor})", unit="run", disable=not enabled)
+        self.cached = cached
+
+    def step(self, failed: int):
+        self.bar.update(1)
+        post = {"failed": failed}
+        if self.cached:
+            post["cached"] = self.cached
+        self.bar.set_postfix(post)
+
+    def close(self):
+        self.bar.close()
+
+
+def _path_task(task_fn, config, data_root, runs_root, device, progress):
+    """Body of one task in any backend: run the config, return its run folder (a path every node sees)."""
+    result = task_fn(config, data_root=data_root, runs_root=runs_root, device=device, progress=progress)
+    return None if result is None else str(result.path)
+
+
+def run_grid(configs, executor: str | None = None, data_root=None, runs_root=None, device=None,
+             max_retries: int = 2, progress: bool = True, download: bool = False, cpus_per_run: int = 1,
+             gpus_per_run: float = 1.0, ray_address: str | None = None, ray_init: dict | None = None,
+             jobs: int | None = None) -> GridReport:
+    """Run (or load) every config through the run cache with the chosen executor; see the module docstring.
+
+    Args:
+        configs: :class:`RunConfig` s, e.g. :func:`lib.config.paper_grid`; duplicates run once.
+        executor: ``local`` | ``ray``; None reads ``$EXECUTOR`` (default local).
+        data_root, runs_root: as in :func:`lib.runs.run`; resolved here to absolute paths.
+        device: the local executor's device (None: CUDA if available). Ray gives each task its GPU.
+        max_retries: further attempts after a failure or a worker's death (total 1 + max_retries).
+        cpus_per_run / gpus_per_run: resources of one Ray task.
+        ray_address / ray_init: the Ray cluster (None: ``$RAY_ADDRESS`` or a local instance) and extra
+            ``ray.init`` arguments.
+        jobs: runs at once for the local executor (None: ``$SAMBOOK_JOBS``, else :func:`local_jobs`).
+
+    Returns a :class:`GridReport`; it never raises for a failed run.
+    """
+    name = choose_executor(executor)
+    if max_retries < 0:
+        raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+    if name == "ray" and device is not None:
+        raise ConfigError("device applies to the local executor; Ray gives each run its own GPU "
+                          "(or CPUs on a cluster without GPUs)")
+    t0 = time.perf_counter()
+    data_root = str(paths.data_root(data_root))
+    runs_root = str(paths.runs_root(runs_root))
+    configs = [runs.resolve(c, data_root, download) for c in configs]
+    report = GridReport(configs=configs, results=[None] * len(configs), executor=name)
+
+    # One task per distinct run folder; finished runs are loaded here and never submitted.
+    folders: dict[Path, list[int]] = {}
+    for i, c in enumerate(configs):
+        folders.setdefault(runs.run_dir(c, runs_root), []).append(i)
+    todo = []
+    for path, idx in folders.items():
+        key = run_name(configs[idx[0]], configs)
+        if runs.is_finished(path):
+            try:
+                res = runs.load_run(path)
+            except SambookError as e:
+                report.failed[key] = str(e)
+                continue
+            for i in idx:
+                report.results[i] = res
+            report.cached.append(key)
+        else:
+            todo.append(idx)
+    if todo:
+        _prepare_data([configs[idx[0]] for idx in todo], data_root, download, decode=True)
+        # the costliest runs first: with several workers the grid then ends with short runs, not a long tail
+        todo.sort(key=lambda idx: -configs[idx[0]].spec.forward_equivalents(configs[idx[0]]) * configs[idx[0]].epochs)
+    bar = _Bar(len(folders), len(report.cached), progress, name)
+    try:
+        if todo:
+            todo_configs = [configs[idx[0]] for idx in todo]
+            backend = make_backend(name, todo_configs, device, jobs, cpus_per_run, gpus_per_run, ray_address,
+                                   ray_init)
+            inline = isinstance(backend, InlineBackend)
+            args = [(_task_fn, c, data_root, runs_root, device, progress and inline) for c in todo_configs]
+            keys = [run_name(c, configs) for c in todo_configs]
+
+            def check(path):
+                if path is not None and not runs.is_finished(path):
+                    raise SambookError(f"finished on a worker but {path} is not visible here: the runs root must "
+                                       f"be on a filesystem shared by every node, at the same path")
+                return runs.load_run(path) if path is not None else None
+
+            try:
+                tr = map_tasks(backend, _path_task, args, names=keys, max_retries=max_retries, check=check,
+                               on_done=lambda i, r: bar.step(len(report.failed)))
+            except BaseException:
+                backend.close(**({"cancel": True} if name == "ray" else {}))
+                raise
+            backend.close()
+            for j, idx in enumerate(todo):
+                report.attempts[keys[j]] = tr.attempts.get(j, 0)
+                if j in tr.failed:
+                    report.failed[keys[j]] = tr.failed[j]
+                elif tr.results[j] is not None:
+                    report.trained.append(keys[j])
+                    for i in idx:
+                        report.results[i] = tr.results[j]
     finally:
-        if started:
-            ray.shutdown()
+        bar.close()
+        report.wall_seconds = time.perf_counter() - t0
+    log.info("%s", report.summary())
+    return report
+
+
+def _prepare_data(configs, data_root, download: bool, decode: bool):
+    """Download (if asked) and decode each dataset once here on the driver, so that parallel tasks
+    never download or decode the same files at the same time (they read the decoded cache)."""
+    from .data import load_dataset
+    for dataset, source in sorted({(c.dataset, c.data_source) for c in configs}):
+        if (download and source == "official") or (decode and source != "npz"):
+            load_dataset(dataset, data_root, sources=(source,), download=download)
+
+
+def _probe_task(path, names, data_root, device):
+    from . import probes
+    r = runs.load_run(path)
+    return {n: probes.probe(r, n, data_root=data_root, device=device) for n in names}
+
+
+def probe_runs(results, names, data_root=None, device=None, jobs: int | None = None) -> list[dict]:
+    """:func:`lib.probes.probe` of every run in ``results`` for every probe in ``names``, with the same
+    driver (several at once on a CPU profile with fixed threads). Runs whose probe is neither cached
+    nor computable (no weights) get an empty dict. Returns one {name: rows} per run."""
+    from . import probes
+    out, todo = [], []
+    for i, r in enumerate(results):
+        have = {}
+        for n in names:
+            try:
+                have[n] = probes.probe(r, n, data_root=data_root, device=device) if not r.has_weights else None
+            except SambookError:
+                have[n] = None
+        out.append({k: v for k, v in have.items() if v is not None})
+        if r.has_weights:
+            todo.append(i)
+    if todo:
+        backend = make_backend("local", [results[i].config for i in todo], device, jobs)
+        tr = map_tasks(backend, _probe_task, [(str(results[i].path), list(names), data_root, device) for i in todo],
+                       names=[results[i].path.name for i in todo], max_retries=0)
+        backend.close()
+        for j, i in enumerate(todo):
+            if tr.results[j] is not None:
+                out[i] = tr.results[j]
+            elif j in tr.failed:
+                raise SambookError(f"probe of {results[i].path.name} failed: {tr.failed[j]}")
+    return out

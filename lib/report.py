@@ -1,4 +1,9 @@
-"""Figures and tables for the book: one place decides where they go and how they are written."""
+"""What the chapters show: the runs of a profile, the "ran on" line, figures and tables, written in one place.
+
+Chapters call these few functions and keep only their prose, parameters and the reading of the
+results; nothing here decides a number (that is :mod:`lib.tables`, :mod:`lib.protocols`,
+:mod:`lib.probes`).
+"""
 from __future__ import annotations
 
 import os
@@ -6,6 +11,106 @@ from pathlib import Path
 
 from . import paths
 from .io import atomic_write, write_text
+
+# one colour per family of methods, the same in every figure of the book
+FAMILY_COLORS = {"ST": "tab:gray", "SAM": "tab:blue", "ASAM": "tab:cyan", "AT": "tab:red", "SAM+AT": "tab:purple",
+                 "AWP": "tab:orange", "TRADES": "tab:green", "ARoW": "tab:olive"}
+
+
+def family(label: str) -> str:
+    """``SAM rho=0.1`` -> ``SAM``; ``AT L-inf 1/255`` -> ``AT``."""
+    return label.split()[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The runs a chapter shows
+
+
+def book_grid(profile: str) -> str:
+    """The grid a profile's book shows: the core grid for ``cpu`` (what it trains), else the paper's."""
+    return "core" if profile == "cpu" else "paper"
+
+
+def results_for(profile: str, grid_name: str | None = None, dataset: str = "cifar10", seeds=None, data_root=None):
+    """(finished runs in grid order, names of the missing ones) for a profile's grid.
+
+    Profiles that train in the book (smoke, fast, paper) train and evaluate what is missing
+    through the executor; the ``cpu`` profile only reads its committed results (the book never
+    trains there: ``make sweep PROFILE=cpu`` does). Only the book's chapters call this; the site
+    and the tables read finished runs (:func:`lib.runs.finished_runs`) and never train.
+    """
+    from . import runs
+    from .config import grid, profile as get_profile
+    configs = grid(grid_name or book_grid(profile), profile, dataset, seeds)
+    if get_profile(profile).train_in_book:
+        from .executor import run_grid
+        rep = run_grid(configs, data_root=data_root, progress=False)
+        return rep.finished, rep.missing
+    found = runs.finished_runs(configs, data_root)
+    return [r for r in found if r is not None], [c.name for c, r in zip(configs, found) if r is None]
+
+
+def first_seed(results) -> list:
+    """The first run of each configuration (label), in order."""
+    seen = {}
+    for r in results:
+        seen.setdefault(r.config.label, r)
+    return list(seen.values())
+
+
+def banner(profile: str, data_description: str) -> str:
+    """The sentence every chapter prints first: which profile and which data made its numbers."""
+    from .config import profile as get_profile
+    p = get_profile(profile)
+    lines = [f"Profile: {profile} ({p.description}; network width {p.width}, {p.epochs} epochs)."]
+    if profile == "smoke":
+        lines.append("SMOKE NUMBERS: a tiny network trained for seconds on a CPU. They show that the code runs, "
+                     "not what the paper's claims look like.")
+    lines.append(f"Data: {data_description}.")
+    return "\n".join(lines)
+
+
+def ran_on(results) -> str:
+    """The "ran on" line of a chapter: profile, data, device and precision, commit, and any stale result."""
+    from . import runs
+    if not results:
+        return "Ran on: nothing yet (no finished run)."
+    m = results[0].metrics
+    devices = sorted({r.metrics.get("device", "?") for r in results})
+    precisions = sorted({r.metrics.get("precision", "?") for r in results})
+    commits = sorted({r.metrics.get("commit", "?") for r in results})
+    dates = sorted(r.metrics.get("date", "")[:10] for r in results)
+    c = results[0].config
+    line = (f"Ran on: profile {m['profile']} (PreActResNet-18 topology at width {c.width}, {c.epochs} epochs), "
+            f"{len(results)} run{'s' if len(results) > 1 else ''}; data: {m['data']}; "
+            f"device: {', '.join(devices)}, "
+            f"{'/'.join(precisions)} training, fp32 evaluation; commit {', '.join(commits)}; "
+            f"trained {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + ".")
+    old = runs.stale(results)
+    if old:
+        line += (f"\nWARNING: {len(old)} result(s) were made by different training code than this checkout's "
+                 f"(fingerprint {runs.fingerprint()}): {', '.join(old[:4])}{' ...' if len(old) > 4 else ''}")
+    return line
+
+
+def protocol_accuracy(result, name: str, threat: str, data_root=None) -> float:
+    """A run's accuracy at ``threat`` under protocol ``name``: cached, or computed if its weights are here
+    (NaN when neither: e.g. a committed result evaluated before the protocol existed)."""
+    from .errors import SambookError
+    from .protocols import evaluate_run
+    try:
+        return evaluate_run(result, name, data_root=data_root)["threats"][threat]["acc"]
+    except SambookError:
+        return float("nan")
+
+
+def missing_note(missing) -> str:
+    return ("All runs of the grid are here." if not missing else
+            f"{len(missing)} run(s) of the grid are not here yet: {', '.join(missing)}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
 
 
 def figures_dir(outputs: str | os.PathLike | None = None) -> Path:
@@ -27,12 +132,11 @@ def save_table(df, name: str, outputs: str | os.PathLike | None = None, floatfmt
                caption: str | None = None) -> dict[str, Path]:
     """Write a pandas DataFrame as CSV, Markdown and LaTeX under ``outputs/tables/``."""
     base = tables_dir(outputs)
-    out = {
+    return {
         "csv": write_text(base / f"{name}.csv", df.to_csv(index=True)),
-        "md": write_text(base / f"{name}.md", _to_markdown(df, floatfmt, caption)),
+        "md": write_text(base / f"{name}.md", to_markdown(df, floatfmt, caption)),
         "tex": write_text(base / f"{name}.tex", _to_latex(df, floatfmt, caption)),
     }
-    return out
 
 
 def _fmt(v, floatfmt: str) -> str:
@@ -41,12 +145,10 @@ def _fmt(v, floatfmt: str) -> str:
     return str(v)
 
 
-def _to_markdown(df, floatfmt: str, caption: str | None) -> str:
+def to_markdown(df, floatfmt: str = ".1f", caption: str | None = None) -> str:
     idx = df.index.name or ""
-    cols = [str(c) for c in df.columns]
-    lines = []
-    if caption:
-        lines += [caption, ""]
+    cols = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    lines = [caption, ""] if caption else []
     lines.append("| " + " | ".join([idx] + cols) + " |")
     lines.append("|" + "---|" * (len(cols) + 1))
     for key, row in df.iterrows():
@@ -58,32 +160,86 @@ def _to_latex(df, floatfmt: str, caption: str | None) -> str:
     def esc(s: str) -> str:
         return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
 
-    lines = []
-    if caption:
-        lines.append(f"% {caption}")
-    lines.append("% " + " & ".join([esc(df.index.name or "")] + [esc(str(c)) for c in df.columns]))
+    lines = [f"% {caption}"] if caption else []
+    cols = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    lines.append("% " + " & ".join([esc(df.index.name or "")] + [esc(c) for c in cols]))
     for key, row in df.iterrows():
         lines.append(" & ".join([esc(str(key))] + [esc(_fmt(v, floatfmt)) for v in row]) + r" \\")
     return "\n".join(lines) + "\n"
 
 
-def banner(profile: str, data_description: str) -> str:
-    """The sentence every chapter prints first: which profile and which data made its numbers."""
-    from .config import PROFILES
-    p = PROFILES[profile]
-    lines = [f"Profile: {profile} ({p.description}; network width {p.width}, {p.epochs} epochs)."]
-    if profile == "smoke":
-        lines.append("SMOKE NUMBERS: a tiny network trained for seconds on a CPU. They show that the code runs, "
-                     "not what the paper's claims look like.")
-    lines.append(f"Data: {data_description}.")
-    return "\n".join(lines)
+# --------------------------------------------------------------------------------------------------
+# Figures (each returns the matplotlib figure; the chapter saves and shows it)
 
 
-def rel(path) -> str:
-    """A path relative to the repository (so printed output is the same on every machine)."""
-    from pathlib import Path
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(paths.REPO_ROOT))
-    except ValueError:
-        return p.name
+def errorbars(ax, x, mean, se, color, label=None, fmt="o"):
+    """Mean +- standard error as points with caps: the one error-bar style of the book."""
+    return ax.errorbar(x, mean, yerr=se, fmt=fmt, color=color, capsize=3, label=label)
+
+
+def learning_curves(results, title: str):
+    """Clean and PGD L-inf 1/255 test accuracy after every epoch, one line per configuration (band: seeds)."""
+    import pandas as pd
+    import seaborn as sns
+    hist = pd.concat([r.history_frame().assign(label=r.config.label, seed=r.config.seed) for r in results])
+    long = hist.melt(id_vars=["label", "epoch", "seed"], value_vars=["test_acc", "test_linf_1"],
+                     var_name="metric", value_name="accuracy")
+    long["metric"] = long["metric"].map({"test_acc": "clean", "test_linf_1": "PGD-10 L-inf 1/255"})
+    g = sns.relplot(long, x="epoch", y="accuracy", hue="label", col="metric", kind="line", height=3.5,
+                    aspect=1.2, palette="tab20", errorbar="sd")
+    g.set_axis_labels("epoch", "test accuracy (%)")
+    g.figure.suptitle(title, y=1.03)
+    return g.figure
+
+
+def tradeoff(ours, paper, columns, title: str):
+    """Clean against robust accuracy: ours (filled) and the paper's (open), one panel per column."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4.2))
+    for ax, (col_ours, col_paper, name) in zip(axes, columns):
+        for fam in dict.fromkeys(family(l) for l in list(ours["label"]) + list(paper["label"])):
+            color = FAMILY_COLORS.get(fam, "k")
+            o = ours[ours["label"].map(family) == fam]
+            p = paper[paper["label"].map(family) == fam]
+            if len(o):
+                ax.scatter(o[col_ours], o["natural"], s=60, color=color, label=f"{fam} (ours)")
+            if len(p):
+                ax.scatter(p[col_paper], p["natural"], s=60, facecolors="none", edgecolors=color,
+                           label=f"{fam} (paper)")
+        ax.set(xlabel=f"robust accuracy, {name} (%)", ylabel="clean accuracy (%)", title=f"Trade-off at {name}")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, y=1.02)
+    return fig
+
+
+def accuracy_against_eps(rows, title: str):
+    """Robust accuracy against the budget, one line per run, one panel per norm."""
+    import pandas as pd
+    import seaborn as sns
+    g = sns.relplot(pd.DataFrame(rows), x="eps_255", y="robust_acc", hue="label", col="norm", kind="line",
+                    marker="o", height=3.6, aspect=1.1, facet_kws={"sharex": False}, palette="tab10")
+    g.set_axis_labels("eps (x 1/255)", "PGD accuracy (%)")
+    g.figure.suptitle(title, y=1.03)
+    return g.figure
+
+
+def differences(rows, title: str):
+    """Paired SAM - ST differences with their 95 % intervals, per column, one colour per rho."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    cols = list(dict.fromkeys(df["column"]))
+    rhos = sorted(df["rho"].unique())
+    width = 0.8 / max(1, len(rhos))
+    for k, rho in enumerate(rhos):
+        d = df[df["rho"] == rho].set_index("column").loc[cols]
+        x = [i + (k - (len(rhos) - 1) / 2) * width for i in range(len(cols))]
+        lo = (d["mean"] - d["low"]).fillna(0)
+        hi = (d["high"] - d["mean"]).fillna(0)
+        ax.errorbar(x, d["mean"], yerr=[lo, hi], fmt="o", capsize=3, label=f"rho={rho:g}")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set(ylabel="SAM - ST (points)", title=title)
+    ax.legend(fontsize=8, ncol=len(rhos))
+    return fig

@@ -1,16 +1,26 @@
-"""The paper's published tables, our results in the same shape, the comparison and the claim checks.
+"""Published numbers, our results in the same shape, the comparison, and the claims judged over seeds.
 
-Columns (accuracy %): Natural | L-inf 1/255 | L-inf 2/255 | L2 16/255 | L2 32/255, named
-``natural, linf_1, linf_2, l2_16, l2_32`` as in run metrics.
+All published numbers live here: the paper's Table 2 (CIFAR-10) and Table 1 (CIFAR-100), and AWP's
+(chapter 5). Columns (accuracy %): Natural | L-inf 1/255 | L-inf 2/255 | L2 16/255 | L2 32/255,
+named ``natural, linf_1, linf_2, l2_16, l2_32``.
+
+Our numbers come from the evaluation stage (:mod:`lib.protocols`): each "ours" cell is the
+paper's protocol (PGD-10, the published steps), so its difference from the published value is a
+reproduction error and nothing else; beside it stands the worst case over every protocol run on
+the model, and a flag where that is more than 1 point below (the paper's attack is weak there).
 """
 from __future__ import annotations
 
 import math
 
-COLUMNS = ["natural", "linf_1", "linf_2", "l2_16", "l2_32"]
-COLUMN_LABELS = {"natural": "Natural", "linf_1": "Linf 1/255", "linf_2": "Linf 2/255", "l2_16": "L2 16/255",
-                 "l2_32": "L2 32/255"}
-ROBUST = COLUMNS[1:]
+import numpy as np
+
+from .attacks import THREAT_NAMES, threat_label
+
+COLUMNS = ["natural", *THREAT_NAMES]
+COLUMN_LABELS = {"natural": "Natural", **{t: threat_label(t).replace("L-inf", "Linf") for t in THREAT_NAMES}}
+ROBUST = list(THREAT_NAMES)
+FLAG_POINTS = 1.0          # worst case this far below the paper protocol: the paper's attack is weak there
 
 # Published numbers (Wei, Zhu, Zhang 2023): Table 2 (CIFAR-10) and Table 1 (CIFAR-100).
 # The three SAM rows' rho values were lost from the source text: rho_1 < rho_2 < rho_3.
@@ -30,6 +40,22 @@ PAPER = {
 }
 PAPER_TABLE_NAME = {"cifar10": "Table 2", "cifar100": "Table 1"}
 
+# AWP (Wu, Xia, Wang, NeurIPS 2020), PreActResNet-18 and WideResNet-34-10 on CIFAR-10, L-inf 8/255:
+# (model, clean, PGD-20, AutoAttack, settings). 200 epochs, lr 0.1 /10 at 100 and 150, PGD-10 training.
+AWP_PUBLISHED = [
+    ("AT, PRN-18, best", 81.70, 52.79, None, "AWP paper: 200 epochs, PGD-10 training, PGD-20 eval"),
+    ("AT, PRN-18, last", 84.60, 43.75, None, "AWP paper: 200 epochs, PGD-10 training, PGD-20 eval"),
+    ("AT-AWP, PRN-18, best", 81.18, 55.39, None, "AWP paper: 200 epochs, PGD-10 training, PGD-20 eval"),
+    ("AT-AWP, PRN-18, last", 81.65, 54.30, None, "AWP paper: 200 epochs, PGD-10 training, PGD-20 eval"),
+    ("AT-AWP, WRN-34-10", None, None, 53.97, "AWP paper: AutoAttack"),
+    ("TRADES-AWP, WRN-34-10", None, None, 56.17, "AWP paper: AutoAttack"),
+]
+# RobustBench anchors (CIFAR-10, clean / AutoAttack), for placing results (docs/paper.md).
+ROBUSTBENCH = [("PreActResNet-18, fast AT, L-inf 8/255", 83.34, 43.21),
+               ("PreActResNet-18, L-inf 8/255", 79.84, 43.93),
+               ("PreActResNet-18, PGD-AT, L2 0.5", 88.67, 67.68),
+               ("undefended", 94.78, 0.00)]
+
 
 def paper_frame(dataset: str = "cifar10"):
     import pandas as pd
@@ -38,31 +64,63 @@ def paper_frame(dataset: str = "cifar10"):
     return df
 
 
-def results_frame(results):
-    """One row per finished run (a :class:`lib.runs.RunResult` or its metrics dict)."""
+def awp_published_frame():
     import pandas as pd
-    rows = []
-    for r in results:
-        m = r.metrics if hasattr(r, "metrics") else r
-        c = r.config if hasattr(r, "config") else None
-        row = {"label": m["label"], "method": m["method"], "seed": m["seed"], "profile": m["profile"],
-               "dataset": m["dataset"], **{k: m[k] for k in COLUMNS},
-               "train_seconds": m.get("train_seconds"), "passes_per_step": m.get("passes_per_step"),
-               "images_per_second": m.get("images_per_second")}
-        if c is not None:
-            row.update(rho=c.rho, norm=c.norm if c.spec.adversarial else "", eps=c.eps * 255)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(AWP_PUBLISHED, columns=["model", "clean", "PGD-20 L-inf 8/255", "AutoAttack L-inf 8/255",
+                                                "settings"]).set_index("model")
 
 
-def aggregate(df):
-    """Mean and standard deviation over seeds for each label (in the order of first appearance)."""
+# --------------------------------------------------------------------------------------------------
+# Our results
+
+
+def run_row(result) -> dict:
+    """One run's numbers: the config's facts, each protocol's accuracy per threat, the worst case and its gap.
+
+    Keys: ``label, method, seed, profile, dataset, rho, norm, eps, natural``, then for every protocol
+    run ``<protocol>_<threat>`` (e.g. ``paper_linf_1``; ``<protocol>_n`` its image count), and
+    ``worst_<threat>``, ``gap_<threat>`` (paper minus worst on the images every protocol covered),
+    ``ncommon_<threat>``; cost: ``train_seconds, passes_per_step, images_per_second``.
+    """
+    from .protocols import evaluations, worst_case
+    m, c = result.metrics, result.config
+    row = {"label": m["label"], "method": m["method"], "seed": m["seed"], "profile": m["profile"],
+           "dataset": m["dataset"], "rho": c.rho, "norm": c.norm if c.spec.adversarial else "",
+           "eps": c.eps * 255 if c.spec.adversarial else 0.0, "train_seconds": m.get("train_seconds"),
+           "passes_per_step": m.get("passes_per_step"), "images_per_second": m.get("images_per_second"),
+           "precision": m.get("precision"), "attack_precision": m.get("attack_precision"),
+           "fingerprint": m.get("fingerprint"), "run": result.path.name}
+    for rec in evaluations(result):
+        p = rec["protocol"]
+        row[f"{p}_n"] = rec["n"]
+        row[f"{p}_natural"] = rec["natural"]
+        for t, v in rec["threats"].items():
+            row[f"{p}_{t}"] = v["acc"]
+        if p == "paper":
+            row["natural"] = rec["natural"]
+    for t, w in worst_case(result).items():
+        row[f"worst_{t}"] = w["acc"]
+        row[f"ncommon_{t}"] = w["n_common"]
+        row[f"commonworst_{t}"] = w["worst_on_common"]
+        for p, acc in w["on_common"].items():
+            row[f"common{p}_{t}"] = acc
+        if "gap" in w:
+            row[f"gap_{t}"] = w["gap"]
+    return row
+
+
+def results_frame(results):
+    """One row per finished run (:func:`run_row`), in the order given."""
+    import pandas as pd
+    return pd.DataFrame([run_row(r) for r in results])
+
+
+def aggregate(df, columns):
+    """Mean, standard deviation and count over seeds for each label (in the order of first appearance)."""
     order = list(dict.fromkeys(df["label"]))
+    cols = [c for c in columns if c in df]
     g = df.groupby("label", sort=False)
-    mean = g[COLUMNS].mean().loc[order]
-    std = g[COLUMNS].std(ddof=1).loc[order].fillna(0.0)
-    n = g.size().loc[order]
-    return mean, std, n
+    return g[cols].mean().loc[order], g[cols].std(ddof=1).loc[order], g.size().loc[order]
 
 
 def paper_row_for(label: str, sam_labels: list) -> str | None:
@@ -78,35 +136,46 @@ def paper_row_for(label: str, sam_labels: list) -> str | None:
 
 
 def comparison_table(df, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
-    """Ours (mean over seeds, '± std' when several) beside the paper and the difference, per cell.
+    """Ours under the paper's protocol (mean over seeds, '±' std when several), the published value, the
+    difference, the worst case over all protocols and a flag, per column.
 
     ``sam_match``: our rho values compared with the paper's rho_1, rho_2, rho_3 (their values are lost).
-    Returns a DataFrame with a (column, ours|paper|diff) MultiIndex on the columns.
+    Returns a DataFrame with a (column, ours|±|paper|diff|worst|flag) MultiIndex on the columns;
+    columns that would be empty everywhere (no '±' with one seed, no worst case when only the
+    paper's protocol ran) are left out.
     """
     import pandas as pd
-    mean, std, n = aggregate(df)
+    cols = ["natural"] + [f"paper_{t}" for t in ROBUST] + [f"worst_{t}" for t in ROBUST] + \
+        [f"gap_{t}" for t in ROBUST]
+    mean, std, n = aggregate(df, cols)
     sam_labels = [f"SAM rho={r:g}" for r in sam_match]
     paper = PAPER[dataset]
+    several = bool((n > 1).any())
     out = {}
     for label in mean.index:
         prow = paper_row_for(label, sam_labels)
-        if prow is not None and label.startswith("SAM"):
-            shown = f"{label} (paper {prow})"
-        else:
-            shown = label
+        shown = f"{label} (paper {prow})" if prow is not None and label.startswith("SAM") else label
         cells = {}
         for j, col in enumerate(COLUMNS):
-            ours = float(mean.loc[label, col])
+            key = "natural" if col == "natural" else f"paper_{col}"
+            ours = float(mean.loc[label, key]) if key in mean else math.nan
             cells[(COLUMN_LABELS[col], "ours")] = ours
-            cells[(COLUMN_LABELS[col], "±")] = float(std.loc[label, col]) if n.loc[label] > 1 else math.nan
+            if several:
+                cells[(COLUMN_LABELS[col], "±")] = float(std.loc[label, key]) if n.loc[label] > 1 else math.nan
             pv = paper[prow][j] if prow in paper else math.nan
             cells[(COLUMN_LABELS[col], "paper")] = pv
             cells[(COLUMN_LABELS[col], "diff")] = ours - pv if not math.isnan(pv) else math.nan
+            if col != "natural" and f"worst_{col}" in mean:
+                cells[(COLUMN_LABELS[col], "worst")] = float(mean.loc[label, f"worst_{col}"])
+                gap = float(mean.loc[label, f"gap_{col}"]) if f"gap_{col}" in mean else math.nan
+                cells[(COLUMN_LABELS[col], "flag")] = "WEAK" if gap > FLAG_POINTS else ""
         out[shown] = cells
     table = pd.DataFrame.from_dict(out, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     table.index.name = "method"
-    return table
+    keep = [c for c in table.columns
+            if ((table[c] != "").any() if c[1] == "flag" else not table[c].isna().all())]
+    return table[keep]
 
 
 def flat_comparison(table):
@@ -116,49 +185,215 @@ def flat_comparison(table):
     return flat.dropna(axis=1, how="all")
 
 
-def check_claims(df, rhos=None) -> list[dict]:
-    """Each claim of the paper, checked on these results: [{'claim', 'holds', 'evidence'}].
+PROTOCOL_ORDER = ["paper", "converged", "strong", "apgd-ce", "autoattack"]
 
-    ``holds`` is True/False, or None where the runs needed for the check are missing.
-    """
-    mean, _, _ = aggregate(df)
-    labels = list(mean.index)
-    st = mean.loc["ST"] if "ST" in labels else None
-    sam = [l for l in labels if l.startswith("SAM rho=")]
-    sam = sorted(sam, key=lambda l: float(l.split("=")[1]))
-    at = [l for l in labels if l.startswith("AT ")]
+
+def protocol_table(df, threat: str):
+    """Per label (mean over seeds): every protocol's accuracy at ``threat`` on the same test images (the
+    first ``images`` of the test set, which every protocol run on the model covered), the worst case
+    there, and the paper protocol on the whole test set."""
+    cols = [f"common{p}_{threat}" for p in PROTOCOL_ORDER if f"common{p}_{threat}" in df]
+    cols += [f"commonworst_{threat}", f"ncommon_{threat}", f"paper_{threat}"]
+    mean, _, n = aggregate(df, cols)
+    names = {f"common{p}_{threat}": p for p in PROTOCOL_ORDER}
+    names.update({f"commonworst_{threat}": "worst case", f"ncommon_{threat}": "images",
+                  f"paper_{threat}": "paper (all test images)"})
+    mean = mean.rename(columns=names)
+    mean.insert(0, "seeds", n)
+    if "images" in mean:
+        mean["images"] = mean["images"].round().astype(int)
+    mean.index.name = f"{threat_label(threat)}"
+    return mean
+
+
+# --------------------------------------------------------------------------------------------------
+# Claims, judged over seeds
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(values) -> tuple[float, float, float, int]:
+    """(mean, lower, upper, n): the mean and its 95 % t-interval; the interval is NaN with one value."""
+    v = np.asarray([x for x in values if x == x], dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    m = float(v.mean())
+    if n < 2:
+        return m, math.nan, math.nan, n
+    half = T975.get(n - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(n)
+    return m, m - half, m + half, n
+
+
+def paired(df, label_a: str, label_b: str, column: str) -> list[float]:
+    """a - b per seed, for the seeds both labels have."""
+    a = df[df["label"] == label_a].set_index("seed")[column]
+    b = df[df["label"] == label_b].set_index("seed")[column]
+    seeds = sorted(set(a.index) & set(b.index))
+    return [float(a[s] - b[s]) for s in seeds]
+
+
+def verdict(intervals, direction: int = +1, margin: float = 0.0) -> str:
+    """``holds`` when every interval lies beyond ``margin`` in ``direction``; ``does not hold`` when any
+    lies entirely on the other side of it; else ``not resolved at this scale`` (also with one seed)."""
+    ivs = [(lo, hi) for _, lo, hi, _ in intervals]
+    if not ivs or any(lo != lo for lo, _ in ivs):
+        return "not resolved at this scale"
+    if direction > 0:
+        if all(lo > margin for lo, _ in ivs):
+            return "holds"
+        if any(hi < margin for _, hi in ivs):
+            return "does not hold"
+    else:
+        if all(hi < margin for _, hi in ivs):
+            return "holds"
+        if any(lo > margin for lo, _ in ivs):
+            return "does not hold"
+    return "not resolved at this scale"
+
+
+def _fmt(ci) -> str:
+    m, lo, hi, n = ci
+    return f"{m:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo == lo else " (1 seed)")
+
+
+def sam_vs_st(df, column_prefix: str = "paper") -> list[dict]:
+    """Paired SAM minus ST differences with 95 % intervals, per rho and per column (clean and every budget)."""
+    rows = []
+    sams = sorted({l for l in df["label"] if l.startswith("SAM rho=")}, key=lambda l: float(l.split("=")[1]))
+    for lab in sams:
+        for col in COLUMNS:
+            key = "natural" if col == "natural" else f"{column_prefix}_{col}"
+            if key not in df:
+                continue
+            m, lo, hi, n = mean_ci(paired(df, lab, "ST", key))
+            rows.append({"rho": float(lab.split("=")[1]), "column": COLUMN_LABELS[col], "mean": m, "low": lo,
+                         "high": hi, "seeds": n})
+    return rows
+
+
+def rho_slopes(df, column_prefix: str = "paper") -> list[float]:
+    """Per seed: the least-squares slope of the mean robust accuracy (over the four budgets) against rho."""
+    sam = df[df["label"].str.startswith("SAM rho=")]
+    cols = [f"{column_prefix}_{t}" for t in ROBUST if f"{column_prefix}_{t}" in df]
     out = []
-
-    def add(claim, holds, evidence):
-        out.append({"claim": claim, "holds": holds, "evidence": evidence})
-
-    if st is None or not sam:
-        add("SAM clean accuracy >= ST clean accuracy", None, "needs ST and SAM runs")
-    else:
-        worse = [l for l in sam if mean.loc[l, "natural"] < st["natural"]]
-        add("SAM clean accuracy >= ST clean accuracy", not worse,
-            f"ST {st['natural']:.1f}; " + ", ".join(f"{l.split()[1]}: {mean.loc[l, 'natural']:.1f}" for l in sam))
-        fails = [(l, c) for l in sam for c in ROBUST if mean.loc[l, c] <= st[c]]
-        add("SAM robust accuracy > ST robust accuracy at every budget (every rho)", not fails,
-            "all cells higher" if not fails else
-            f"{len(fails)} of {len(sam) * len(ROBUST)} cells not higher, e.g. {fails[0][0]} at {fails[0][1]}")
-    if len(sam) >= 2:
-        r = [mean.loc[l, ROBUST].mean() for l in sam]
-        inc = all(b >= a for a, b in zip(r, r[1:]))
-        add("robustness grows with rho (mean robust accuracy over the four budgets)", inc,
-            ", ".join(f"{l.split()[1]}: {v:.1f}" for l, v in zip(sam, r)))
-    else:
-        add("robustness grows with rho", None, "needs at least two SAM runs")
-    if st is None or not at:
-        add("AT loses clean accuracy (vs ST)", None, "needs ST and AT runs")
-        add("AT robust accuracy >> SAM robust accuracy", None, "needs AT and SAM runs")
-    else:
-        lower = [l for l in at if mean.loc[l, "natural"] < st["natural"]]
-        add("AT loses clean accuracy (vs ST)", len(lower) == len(at),
-            f"{len(lower)} of {len(at)} AT runs below ST's {st['natural']:.1f}")
-        if sam:
-            best_sam = max(mean.loc[l, "linf_2"] for l in sam)
-            worst_at = min(mean.loc[l, "linf_2"] for l in at)
-            add("AT robust accuracy >> SAM robust accuracy (L-inf 2/255; every AT above the best SAM by > 10 pt)",
-                worst_at > best_sam + 10, f"worst AT {worst_at:.1f} vs best SAM {best_sam:.1f}")
+    for _, g in sam.groupby("seed"):
+        if len(g) >= 2 and cols:
+            out.append(float(np.polyfit(g["rho"].astype(float), g[cols].mean(axis=1), 1)[0]))
     return out
+
+
+def check_claims(df) -> list[dict]:
+    """Each claim of the paper judged from the runs over seeds: [{claim, verdict, evidence}].
+
+    Paired differences by seed with 95 % t-intervals; a claim holds when every interval it needs
+    excludes zero in its direction, does not hold when one excludes zero the other way, and is not
+    resolved at this scale otherwise (always with a single seed). Never forced.
+    """
+    out = []
+    labels = set(df["label"])
+    sams = sorted({l for l in labels if l.startswith("SAM rho=")}, key=lambda l: float(l.split("=")[1]))
+    ats = [l for l in dict.fromkeys(df["label"]) if l.startswith("AT ")]
+
+    def add(claim, v, evidence):
+        out.append({"claim": claim, "verdict": v, "evidence": evidence})
+
+    if "ST" in labels and sams:
+        ivs = {(l, t): mean_ci(paired(df, l, "ST", f"paper_{t}")) for l in sams for t in ROBUST
+               if f"paper_{t}" in df}
+        add("1a. SAM alone raises robust accuracy above ST (every rho, every budget; paired SAM - ST, points)",
+            verdict(ivs.values(), +1),
+            "; ".join(f"{l.split('=')[1]} {t}: {_fmt(ci)}" for (l, t), ci in ivs.items()))
+        clean = {l: mean_ci(paired(df, l, "ST", "natural")) for l in sams}
+        add("1b. SAM's clean accuracy does not drop below ST's (paired SAM - ST clean, points; not below -0.5)",
+            verdict(clean.values(), +1, margin=-0.5),
+            "; ".join(f"rho {l.split('=')[1]}: {_fmt(ci)}" for l, ci in clean.items()))
+    else:
+        add("1. SAM alone raises robustness above ST, at no cost in clean accuracy", "not resolved at this scale",
+            "needs ST and SAM runs")
+    slopes = rho_slopes(df)
+    if slopes:
+        ci = mean_ci(slopes)
+        add("2. Larger rho gives more robustness (slope of mean robust accuracy against rho, points per unit rho)",
+            verdict([ci], +1), f"slope {_fmt(ci)} over {ci[3]} seed(s)")
+    else:
+        add("2. Larger rho gives more robustness", "not resolved at this scale", "needs two or more SAM runs")
+    if "ST" in labels and ats and sams:
+        cost = {l: mean_ci(paired(df, "ST", l, "natural")) for l in ats}
+        add("3a. AT pays in clean accuracy (paired ST - AT clean, points)", verdict(cost.values(), +1),
+            "; ".join(f"{l[3:]}: {_fmt(ci)}" for l, ci in cost.items()))
+        strongest = max(sams, key=lambda l: float(l.split("=")[1]))
+        weakest_at = {l: mean_ci(paired(df, l, strongest, "paper_linf_2")) for l in ats if "paper_linf_2" in df}
+        add(f"3b. AT buys more robustness than SAM (paired AT - {strongest} at L-inf 2/255, points)",
+            verdict(weakest_at.values(), +1), "; ".join(f"{l[3:]}: {_fmt(ci)}" for l, ci in weakest_at.items()))
+        sam_cost = {l: mean_ci(paired(df, "ST", l, "natural")) for l in sams}
+        trade = [(cost[a][0], sam_cost[s][0]) for a in ats for s in sams]
+        add("3c. SAM trades less clean accuracy than AT (mean clean cost, points)",
+            "holds" if trade and all(c_at > c_sam for c_at, c_sam in trade) and
+            verdict(cost.values(), +1) == "holds" else "not resolved at this scale",
+            f"AT: {', '.join(f'{cost[a][0]:.1f}' for a in ats)}; SAM: {', '.join(f'{sam_cost[s][0]:.1f}' for s in sams)}")
+    else:
+        add("3. AT pays more clean accuracy for more robustness than SAM", "not resolved at this scale",
+            "needs ST, SAM and AT runs")
+    if "ST" in labels and sams and "train_seconds" in df:
+        # measured training time relative to ST, paired by seed: SAM's interval inside [1.5, 2.5] (about
+        # 2 passes) and every AT's above SAM's (k + 1 passes, k >= 2); intervals need two or more seeds
+        per_seed = {}
+        for l in sams:
+            for s, x in _ratios(df, l, "ST", by_seed=True):
+                per_seed.setdefault(s, []).append(x)
+        r_sam = mean_ci([float(np.mean(v)) for v in per_seed.values()])
+        r_at = {l: mean_ci(_ratios(df, l, "ST")) for l in ats}
+        m, lo, hi, _ = r_sam
+        if lo != lo or any(v[1] != v[1] for v in r_at.values()):
+            v4 = "not resolved at this scale"
+        elif 1.5 <= lo and hi <= 2.5 and all(v[1] > hi for v in r_at.values()):
+            v4 = "holds"
+        elif hi < 1.5 or lo > 2.5 or any(v[2] < lo for v in r_at.values()):
+            v4 = "does not hold"
+        else:
+            v4 = "not resolved at this scale"
+        add("4. SAM costs about 2 passes per step, PGD-k AT about k + 1 (measured time relative to ST)", v4,
+            f"SAM {_fmt(r_sam)}x; " + ", ".join(f"{l[3:]} {_fmt(v)}x" for l, v in r_at.items()))
+    return out
+
+
+def _ratios(df, a: str, b: str, by_seed: bool = False) -> list:
+    x = df[df["label"] == a].set_index("seed")["train_seconds"]
+    y = df[df["label"] == b].set_index("seed")["train_seconds"]
+    pairs = [(s, float(x[s] / y[s])) for s in sorted(set(x.index) & set(y.index)) if y[s]]
+    return pairs if by_seed else [r for _, r in pairs]
+
+
+def welch_ci(a, b) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its 95 % Welch interval (NaN when either side has one value)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return d, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0) or 1e-12)
+    t = T975.get(max(1, int(dof)), 1.96)
+    return d, d - t * se, d + t * se
+
+
+def attack_precision_table(df):
+    """For each AT configuration trained with fp32 training attacks (label ``... fp32-attack``): the paper-protocol
+    accuracies of the bf16-attack runs (mean, std, seeds) and of the fp32-attack runs, their difference with a
+    95 % Welch interval, and whether the difference is within seed noise (the interval contains 0)."""
+    import pandas as pd
+    rows = []
+    for label in dict.fromkeys(l for l in df["label"] if l.endswith(" fp32-attack")):
+        base = label[: -len(" fp32-attack")]
+        a, b = df[df["label"] == label], df[df["label"] == base]
+        for col in COLUMNS:
+            key = "natural" if col == "natural" else f"paper_{col}"
+            if key not in df:
+                continue
+            d, lo, hi = welch_ci(a[key].dropna(), b[key].dropna())
+            rows.append({"model": base, "column": COLUMN_LABELS[col], "bf16 attacks": b[key].mean(),
+                         "bf16 std": b[key].std(ddof=1), "bf16 seeds": len(b), "fp32 attacks": a[key].mean(),
+                         "fp32 seeds": len(a), "fp32 - bf16": d, "95% low": lo, "95% high": hi,
+                         "within seed noise": ("yes" if lo <= 0 <= hi else "no") if lo == lo else "not resolved"})
+    return pd.DataFrame(rows)

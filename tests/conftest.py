@@ -42,21 +42,21 @@ def _train_smoke(cfg, data):
     """Train on the CPU at the smoke profile's thread count, as a smoke run does: the model is then the
     same whether a test file runs alone or in the suite (another file may change torch's threads)."""
     from lib.config import PROFILES
-    from lib.runs import cpu_threads
+    from lib.runtime import threads
     from lib.train import train
-    with cpu_threads(PROFILES[cfg.profile].cpu_threads):
-        return train(cfg, data, device="cpu", progress=False).model.eval()
+    with threads(PROFILES[cfg.profile].cpu_threads):
+        return train(cfg, data, device="cpu", progress=False, curve=(50, 1)).model.eval()
 
 
 @pytest.fixture(scope="session")
 def trained(exact):
     """A width-8 PreActResNet-18 trained with ST on the 5,085 exact training images (3 epochs)."""
-    cfg = make_config("st", "smoke", train_per_class=None, epochs=3, epoch_eval_size=50, eval_steps=1)
+    cfg = make_config("st", "smoke", train_per_class=None, epochs=3)
     return _train_smoke(cfg, exact.subset(test_per_class=5))
 
 
 @pytest.fixture(scope="session")
 def trained_other_seed(exact):
     """A second model (another seed, less training): the source of transfer attacks."""
-    cfg = make_config("st", "smoke", seed=1, train_per_class=None, epochs=2, epoch_eval_size=50, eval_steps=1)
+    cfg = make_config("st", "smoke", seed=1, train_per_class=None, epochs=2)
     return _train_smoke(cfg, exact.subset(test_per_class=5))

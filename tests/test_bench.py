@@ -3,6 +3,9 @@
 No timing is asserted: CPU timings here are noise. What is asserted is that the reference-style loop
 and the engine, from the same weights, batch and random start, give the same PGD examples, the same
 updated weights and the same accuracies, so a speed ratio never hides a change in what is computed.
+The comparisons run in float64 (model and inputs), where the two code paths' different orders of
+summation agree to about 1e-15 relative, so 1e-10 tolerances are generous yet catch any real change;
+the PGD examples then agree exactly unless a gradient component is exactly 0 on one side only.
 """
 from __future__ import annotations
 
@@ -12,11 +15,11 @@ import pytest
 import torch
 
 from lib import bench, cli
-from lib.attacks import PAPER_BUDGETS, pgd
+from lib.attacks import CONVERGED_BUDGETS, pgd
 from lib.data import make_generator
 from lib.errors import ConfigError
 from lib.evaluate import evaluate
-from lib.methods import make_strategy
+from lib.methods import make_method
 from lib.models import build_model
 from lib.train import build_optimizer
 
@@ -35,12 +38,12 @@ def one_thread():
 
 def _model(seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(10, WIDTH)
+    return build_model(10, WIDTH).double()
 
 
 def _batch(n: int = 16, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.rand(n, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (n,), generator=g)
 
 
 @pytest.mark.parametrize("norm,eps,alpha", [("linf", 8 / 255, 2 / 255), ("l2", 128 / 255, 32 / 255)])
@@ -49,7 +52,7 @@ def test_backward_pgd_and_input_only_pgd_give_the_same_x_adv(norm, eps, alpha):
     x, y = _batch()
     ref = bench.reference_pgd(model, x, y, eps, alpha, 5, norm, make_generator(CPU, 3))
     eng = pgd(model, x, y, eps, alpha, 5, norm, generator=make_generator(CPU, 3), autocast_dtype=None)
-    torch.testing.assert_close(ref, eng, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ref, eng, atol=1e-12, rtol=0)
     assert not torch.equal(ref, x)
     # the reference leaves no parameter gradient behind
     assert all(p.grad is None for p in model.parameters())
@@ -57,19 +60,18 @@ def test_backward_pgd_and_input_only_pgd_give_the_same_x_adv(norm, eps, alpha):
 
 @pytest.mark.parametrize("method", ["st", "sam", "at"])
 def test_reference_step_and_engine_step_compute_the_same_update(method):
-    cfg = bench.default_config("cpu", quick=True)
-    rc = bench._run_config(method, cfg)
+    rc = bench._run_config(method, WIDTH, 16)
     a, b = _model(), _model()
     opt_a, opt_b = bench.reference_optimizer(rc, a), build_optimizer(rc, b, CPU)
-    strategy = make_strategy(rc, None)
+    m = make_method(rc, None)
     gen_a, gen_b = make_generator(CPU, 7), make_generator(CPU, 7)
     for step in range(2):                                   # two steps: momentum buffers are used too
         x, y = _batch(seed=10 + step)
         loss_a, _ = bench.reference_step(method, a, opt_a, x, y, rc, gen_a)
-        loss_b, _ = strategy.step(b, opt_b, x, y, gen_b)
-        assert loss_a == pytest.approx(loss_b.item(), rel=1e-5, abs=1e-6)
+        loss_b, _ = m.step(b, opt_b, x, y, gen_b)
+        assert loss_a == pytest.approx(loss_b.item(), rel=1e-12)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5, msg=f"{method}: {name} differs")
+        torch.testing.assert_close(p, q, atol=1e-10, rtol=1e-10, msg=f"{method}: {name} differs")
 
 
 def test_reference_evaluate_matches_lib_evaluate():
@@ -77,8 +79,9 @@ def test_reference_evaluate_matches_lib_evaluate():
     x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     y = torch.randint(0, 10, (12,), generator=torch.Generator().manual_seed(3))
     loader = bench.reference_loader(x, y, batch_size=6, train=False)
-    ref = bench.reference_evaluate(model, loader, PAPER_BUDGETS, steps=2, seed=4)
-    eng = evaluate(model, x, y, PAPER_BUDGETS, steps=2, batch_size=6, seed=4)
+    model = model.float()
+    ref = bench.reference_evaluate(model, loader, CONVERGED_BUDGETS, steps=2, seed=4)
+    eng = evaluate(model, x, y, CONVERGED_BUDGETS, steps=2, batch_size=6, seed=4)
     assert ref == pytest.approx(eng)
 
 
@@ -96,6 +99,9 @@ def test_arithmetic():
     assert bench.forward_flop(32) == pytest.approx(f / 4)
     assert [bench.forward_equivalents(w, "engine") for w in bench.WORKLOADS] == [3, 6, 23, 85]
     assert [bench.forward_equivalents(w, "reference") for w in bench.WORKLOADS] == [3, 6, 33, 125]
+    from lib.config import make_config        # the same facts as the methods' own
+    c = make_config("at", "paper", eps=8 / 255)
+    assert bench.forward_equivalents("at", "engine", c) == c.spec.forward_equivalents(c) == 23
     assert bench.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == pytest.approx(990)
     assert bench.bf16_peak_tflops("NVIDIA H200") == pytest.approx(990)
     assert bench.bf16_peak_tflops("cpu (x86_64, 1 threads)") is None
@@ -118,7 +124,7 @@ def test_cli_bench_error_is_one_line(capsys):
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = cli.main(["bench", "--quick", "--synthetic", "--device", "cpu", "--repeats", "1", "--out", str(out),
+    rc = cli.main(["bench", "--quick", "--device", "cpu", "--repeats", "1", "--out", str(out),
                    "--no-progress"])
     assert rc == 0
     return out
@@ -127,28 +133,24 @@ def quick_report(tmp_path_factory):
 def test_quick_bench_writes_json_and_markdown(quick_report):
     r = json.loads((quick_report / "bench-cpu.json").read_text())
     for key in ("device", "device_kind", "torch", "torchvision", "commit", "date", "config", "data", "threads",
-                "workloads", "isolated", "compile", "consistency", "reference", "engine"):
+                "workloads", "engine_precision", "cpu", "cpu_flags"):
         assert key in r, key
     assert r["device_kind"] == "cpu" and r["cuda"] is False and r["peak_bf16_tflops"] is None
-    assert r["complete"] is True and r["threads"] == 1
+    assert r["complete"] is True and r["threads"] == 1 and r["config"]["profile"] == "cpu"
     assert r["config"]["quick"] is True and r["config"]["width"] == 4
     assert [w["workload"] for w in r["workloads"]] == list(bench.WORKLOADS)
     for w in r["workloads"]:
         for side in ("reference", "engine"):
             s = w[side]
             assert s["images_per_second"] > 0 and len(s["seconds"]) == 1
-            assert s["forward_equivalents"] == bench.forward_equivalents(w["workload"], side)
+            assert s["forward_equivalents"] == bench.forward_equivalents(w["workload"], side)   # batch-independent
             assert s["tflops"] > 0 and s["peak_fraction"] is None
         assert w["ratio"] == pytest.approx(w["engine"]["images_per_second"] / w["reference"]["images_per_second"])
         assert "projected_seconds" not in w          # no absolute-time claims from a CPU
-    names = [i["name"] for i in r["isolated"]]
-    assert any("input-only PGD" in n for n in names) and any("augment" in n for n in names)
-    assert all(i["ratio"] > 0 for i in r["isolated"])
-    assert r["compile"]["measured"] is False and r["compile"]["choice"] == "eager"
-    assert all(v < 1e-5 for v in r["consistency"].values())
+    assert "compile" not in r                    # only with --compile
 
     md = (quick_report / "bench-cpu.md").read_text()
-    assert "| workload |" in md and "CPU, noisy, ratios only" in md and "engine / reference" in md
+    assert "| workload |" in md and "CPU, noisy: ratios only" in md and "engine / reference" in md
     assert "TFLOP/s |" not in md and "% of bf16 peak" not in md
     for w in r["workloads"]:
         assert w["label"] in md

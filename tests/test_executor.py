@@ -18,7 +18,7 @@ from lib import executor, runs
 from lib.config import make_config
 from lib.errors import ConfigError
 
-TINY = dict(epochs=1, train_per_class=20, test_per_class=5, epoch_eval_size=20, eval_steps=1, data_source="npz")
+TINY = dict(epochs=1, train_per_class=20, data_source="npz")
 
 
 def tiny(method="st", seed=0, **over):
@@ -27,6 +27,12 @@ def tiny(method="st", seed=0, **over):
 
 def tiny_grid():
     return [tiny("st"), tiny("sam", rho=0.1), tiny("at", norm="linf", eps=8 / 255), tiny("at", norm="l2", eps=128 / 255)]
+
+
+@pytest.fixture(autouse=True)
+def train_only(monkeypatch):
+    """The grids here only train: evaluation is the protocols' business (tests/test_protocols.py)."""
+    monkeypatch.setattr(executor, "_task_fn", executor.train_only)
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +62,7 @@ def _weights(result):
 
 
 def _accuracies(result):
-    return {k: result.metrics[k] for k in ["natural"] + [b.name for b in result.config.eval_budgets]}
+    return {k: result.metrics[k] for k in ("config_hash", "weights_sha", "train_images")}
 
 
 def _history(result, keys=("epoch", "train_loss", "train_acc", "test_acc")):
@@ -143,11 +149,11 @@ def test_local_failure_is_retried_then_reported_by_name(tmp_path, monkeypatch):
 def test_sweep_cli_exit_status_and_summary(tmp_path, monkeypatch, capsys):
     from lib import cli
     monkeypatch.setenv("SAMBOOK_JOBS", "1")         # in-process: the injected failure below is a closure
-    monkeypatch.setattr(cli, "paper_grid", lambda profile, dataset, seeds=None: [tiny("st"), tiny("sam")])
+    monkeypatch.setattr(cli, "make_grid", lambda name, profile, dataset, seeds=None: [tiny("st"), tiny("sam")])
     args = ["sweep", "--executor", "local", "--runs-root", str(tmp_path), "--no-progress", "--only", "st"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "ST" in out and "1 trained, 0 failed" in out
+    assert "1 trained, 0 failed" in out
 
     def fail(config, **kw):
         raise RuntimeError("injected failure")
@@ -185,7 +191,7 @@ def pool_killed_once(config, **kw):
             os._exit(9)                                               # the worker dies mid-run
         ckpt = runs.run_dir(config, kw["runs_root"]) / "checkpoint.pt"
         (marks / f"retry-found-checkpoint-{ckpt.exists()}").touch()
-    return executor._run_config(config, **kw)
+    return executor.train_only(config, **kw)
 
 
 def test_local_jobs_follow_the_profile_and_the_setting(monkeypatch):
@@ -234,24 +240,22 @@ def test_local_parallel_dead_worker_is_retried_and_failures_reported(tmp_path, m
 
 
 @pytest.mark.slow
-def test_parallel_curves_equal_sequential_curves_and_are_cached(tmp_path):
+def test_parallel_probes_equal_sequential_probes_and_are_cached(tmp_path):
     grid = [tiny("st"), tiny("at", norm="linf", eps=8 / 255)]
     report = executor.run_grid(grid, executor="local", runs_root=tmp_path / "runs", progress=False, jobs=1)
-    specs = [("linf", [0, 2 / 255, 8 / 255]), ("l2", [0, 64 / 255])]
-    par = executor.curves(report.results, specs, jobs=2)
-    cached = sorted(p.name for p in report.results[0].path.glob("curve-*.csv"))
-    assert len(cached) == 2 and all(name.startswith(("curve-linf-", "curve-l2-")) for name in cached)
+    names = ["flatness", "curves"]
+    par = executor.probe_runs(report.results, names, jobs=2)
+    assert all((r.path / "probes" / "curves.json").exists() for r in report.results)
     for r in report.results:                                    # a fresh sequential computation
-        for f in r.path.glob("curve-*.csv"):
+        for f in (r.path / "probes").glob("*.json"):
             f.unlink()
-    seq = executor.curves(report.results, specs, jobs=1)
-    assert par.equals(seq) and len(seq) == 2 * (3 + 2)
-    assert list(seq.label) == ["ST"] * 5 + ["AT L-inf 8/255"] * 5 and list(seq.norm[:5]) == ["linf"] * 3 + ["l2"] * 2
-    # a run without weights (committed metrics) and without a cached curve is left out
+    seq = executor.probe_runs(report.results, names, jobs=1)
+    assert par == seq and set(seq[0]) == set(names)
+    # a run without weights and without its probes is left out; cached probes are read without weights
     (report.results[1].path / runs.MODEL).unlink()
-    for f in report.results[1].path.glob("curve-*.csv"):
-        f.unlink()
-    assert list(executor.curves(report.results, specs).label.unique()) == ["ST"]
+    (report.results[1].path / "probes" / "curves.json").unlink()
+    again = executor.probe_runs(report.results, names)
+    assert set(again[1]) == {"flatness"} and again[0] == seq[0]
 
 
 # -- Ray executor (a real local instance: 2 CPUs, 2 workers) ---------------------------------------
