@@ -6,6 +6,7 @@
 SHELL := /bin/bash
 PROFILE ?= auto
 EXECUTOR ?= local
+GRID ?= paper
 export EXECUTOR
 CONDA := $(shell command -v conda 2>/dev/null)
 ENV_DIR ?= $(if $(CONDA),.conda-env,.venv)
@@ -16,15 +17,30 @@ BASE_PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 DATA_ARGS := $(if $(DOWNLOAD),--download,)
 # EXECUTOR=ray needs the optional extras (ray); they are installed on first use
 RAY_ENV := $(if $(filter ray,$(EXECUTOR)),env-extra,)
+NBVAL := -p no:cacheprovider --nbval --nbval-current-env --nbval-kernel-name python3 \
+         --nbval-sanitize-with tests/nbval_sanitize.cfg tests/notebooks
 
-.PHONY: book test env env-extra check-data bench sweep smoke lint clean help
+# bad settings stop here, in one line, before anything runs
+ifeq ($(filter $(PROFILE),auto smoke cpu fast paper),)
+$(error unknown PROFILE '$(PROFILE)'; valid profiles: auto, smoke, cpu, fast, paper)
+endif
+ifeq ($(filter $(EXECUTOR),local ray),)
+$(error unknown EXECUTOR '$(EXECUTOR)'; valid executors: local, ray)
+endif
+ifeq ($(filter $(GRID),paper core beyond fp32attack all),)
+$(error unknown GRID '$(GRID)'; valid grids: paper, core, beyond, fp32attack, all)
+endif
+
+.PHONY: book site test test-isa expectations env env-extra check-data bench sweep smoke clean help
 
 help:
-	@echo "make book     execute every chapter (PROFILE=smoke|fast|paper; default: fast with a GPU, else smoke)"
-	@echo "make test     run the test suite and the nbval check of the smoke notebooks"
-	@echo "make bench    speed benchmark (writes outputs/bench/)"
-	@echo "make sweep    run the training grid only (PROFILE=..., EXECUTOR=local|ray)"
-	@echo "make env      build the environment only; make env-extra adds the optional extras (ray, AutoAttack)"
+	@echo "make book          execute every chapter and build the site (PROFILE=smoke|cpu|fast|paper; default: fast with a GPU, else smoke)"
+	@echo "make test          the test suite, then nbval over the smoke chapters (tests/notebooks)"
+	@echo "make test-isa      nbval again with the CPU kernels forced onto AVX2 code paths (another machine)"
+	@echo "make expectations  re-execute the smoke book and refresh nbval's expectations in tests/notebooks"
+	@echo "make bench         speed benchmark (writes outputs/bench/)"
+	@echo "make sweep         train and evaluate a grid without the chapters (PROFILE=..., GRID=paper|core|beyond|all, EXECUTOR=local|ray)"
+	@echo "make env           build the environment only; make env-extra adds the optional extras (ray, AutoAttack)"
 
 env: $(STAMP)
 
@@ -50,16 +66,27 @@ check-data: env
 book: env $(RAY_ENV) check-data
 	$(PY) -m lib.book --profile $(PROFILE)
 
+site: env
+	$(PY) -m lib.site --profile $(PROFILE)
+
 test: env check-data
 	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-kernel-name python3 \
-	    --nbval-sanitize-with tests/nbval_sanitize.cfg outputs/notebooks/smoke
+	$(PY) -m pytest -q $(NBVAL)
+
+# another machine's kernels: oneDNN and ATen limited to AVX2, and a run cache of its own (so the smoke
+# runs are trained again under those kernels, not read from the default run)
+test-isa: env check-data
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 SAMBOOK_OUTPUTS=$${TMPDIR:-/tmp}/sambook-isa-outputs \
+	    $(PY) -m pytest -q $(NBVAL)
+
+expectations: env check-data
+	$(PY) -m lib.book --profile smoke --expectations
 
 bench: env
-	$(PY) -m lib bench
+	$(PY) -m lib bench $(if $(filter-out auto,$(PROFILE)),--profile $(PROFILE),)
 
 sweep: env $(RAY_ENV) check-data
-	$(PY) -m lib sweep --profile $(PROFILE) --executor $(EXECUTOR) $(DATA_ARGS)
+	$(PY) -m lib sweep --profile $(PROFILE) --grid $(GRID) --executor $(EXECUTOR) $(DATA_ARGS)
 
 smoke: env check-data
 	$(PY) -m lib train --method sam --rho 0.1 --profile smoke

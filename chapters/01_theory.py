@@ -231,8 +231,8 @@ ax = axes[0]
 ax.plot(eps_line, T.w_at(model, eps_line), color="C0", label="closed form (Thm 4.2)")
 ax.plot(at_table.index, at_table["numerical optimum"], "x", color="black", ms=8,
         label="numerical optimum")
-ax.errorbar(at_table.index, at_table["trained mean"], yerr=at_table["trained s.e."], fmt="o",
-            color="C3", capsize=3, label="trained (mean +- s.e.)")
+report.errorbars(ax, at_table.index, at_table["trained mean"], at_table["trained s.e."], "C3",
+                 "trained (mean +- s.e.)")
 ax.set(title="AT: robust weight against the training budget",
        xlabel="eps: L-inf budget on the non-robust features (feature s.d. units)",
        ylabel="w: weight on the robust feature")
@@ -243,8 +243,8 @@ ax.plot(rho_line, T.w_sam_small_rho(model, rho_line), "--", color="C2",
         label="small-rho expansion (Thm 4.4)")
 ax.plot(sam_table.index, sam_table["numerical optimum"], "x", color="black", ms=8,
         label="numerical optimum")
-ax.errorbar(sam_table.index, sam_table["trained mean"], yerr=sam_table["trained s.e."], fmt="o",
-            color="C3", capsize=3, label="trained (mean +- s.e.)")
+report.errorbars(ax, sam_table.index, sam_table["trained mean"], sam_table["trained s.e."], "C3",
+                 "trained (mean +- s.e.)")
 ax.set(title="SAM: robust weight against the radius",
        xlabel="rho: radius of the perturbation of w (weight units)",
        ylabel="w: weight on the robust feature")
@@ -303,7 +303,7 @@ for ax, sizes, line, w_line, trained, name, xlabel in [
     ax.plot(line, robust, color="C1", label=f"robust (eps={EPS_EVAL:g}), closed form")
     for acc, color in zip(accuracies(trained), ["C0", "C1"]):
         m, s = T.mean_se(acc)
-        ax.errorbar(sizes, m, yerr=s, fmt="o", color=color, capsize=3)
+        report.errorbars(ax, sizes, m, s, color)
     ax.set(title=f"{name}: accuracy against the perturbation size", xlabel=xlabel,
            ylabel="accuracy (fraction)")
     ax.legend(fontsize=8, title="dots: trained, mean +- s.e.", title_fontsize=8)
@@ -356,7 +356,7 @@ ax.plot(rho_line, T.eps_matching_rho_small(model, rho_line), "--", color="C2",
 ax.plot(rho_line, T.eps_matching_rho(model, rho_line), color="C0",
         label="exact: eta (1 - w_ST / w_SAM(rho))")
 ax.plot(rho_pos, eps_table["numerical"], "x", color="black", ms=8, label="numerical optima")
-ax.errorbar(rho_pos, em, yerr=es, fmt="o", color="C3", capsize=3, label="trained (mean +- s.e.)")
+report.errorbars(ax, rho_pos, em, es, "C3", "trained (mean +- s.e.)")
 ax.set(title=f"Theorem 4.5: the AT budget that gives the same w as SAM (d={D}, eta={ETA:g})",
        xlabel="rho: SAM radius (weight units)",
        ylabel="matching eps (L-inf, feature s.d. units)")
@@ -451,10 +451,8 @@ report.save_table(batch, "01_batch_sam", floatfmt=".4f",
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
 ax = axes[0]
 ax.plot(rho_line, T.w_sam(model, rho_line), color="C0", label="Thm 4.3 (exact inner max)")
-ax.errorbar(RHO_GRID, sam_mean, yerr=sam_se, fmt="o", color="C3", capsize=3,
-            label="trained, exact inner max")
-ax.errorbar(fo_rhos, fo_mean, yerr=fo_se, fmt="s", color="C4", capsize=3,
-            label="trained, first-order SAM step")
+report.errorbars(ax, RHO_GRID, sam_mean, sam_se, "C3", "trained, exact inner max")
+report.errorbars(ax, fo_rhos, fo_mean, fo_se, "C4", "trained, first-order SAM step", fmt="s")
 ax.set(title="The theory's SAM, inner problem exact vs one step",
        xlabel="rho: radius of the perturbation of w (weight units)",
        ylabel="w: weight on the robust feature")

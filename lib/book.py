@@ -1,21 +1,26 @@
-"""Execute the chapters headlessly (``make book``): papermill -> notebooks, nbconvert -> HTML.
+"""Execute the chapters headlessly (``make book``): papermill -> notebooks, then the HTML site.
 
 For each ``chapters/NN_*.py`` (Jupytext percent format, the only source):
   1. convert to a notebook in memory (jupytext),
   2. execute it with papermill, injecting PROFILE and DATA into its ``parameters`` cell, into
-     ``outputs/notebooks/<profile>/NN_*.ipynb`` (written atomically: a failed chapter never
-     replaces a good notebook),
-  3. render ``outputs/html/<profile>/NN_*.html`` and the index ``outputs/html/index.html``.
+     ``outputs/notebooks/<profile>/NN_*.ipynb`` (not tracked; written atomically: a failed chapter
+     never replaces a good notebook),
+then build the site ``outputs/site/<profile>/`` from the executed notebooks (:mod:`lib.site`).
 A chapter whose source, lib/ and parameters have not changed since its last successful execution
 is not executed again (stamps under ``outputs/.stamps/``). Trained runs are reused from the run
-cache, so re-running after a finished profile takes minutes.
+cache, so re-running after a finished profile takes seconds. ``make book`` never writes a tracked
+file: nbval's expectations live in ``tests/notebooks/`` and change only through
+``python -m lib.book --expectations`` (``make expectations``).
+
+What nbval compares: every cell's output except those tagged ``nbval-ignore-output`` in the
+chapter source (the cells that print or draw trained numbers, which differ in their last digits
+between processors). :func:`unchecked_cells` lists them; the expectations keep those cells'
+outputs empty, so the committed notebooks hold only what is the same on every machine.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
-import html
 import json
 import logging
 import os
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import SambookError
-from .io import atomic_write, read_json, write_json, write_text
+from .io import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +68,20 @@ def source_stamp(chapter: Path, params: dict) -> str:
 
 
 def execute_chapter(chapter: Path, profile: str, data=None, force: bool = False, kernel: str = "python3") -> dict:
-    """Execute one chapter; returns {'chapter', 'status': executed|skipped, 'seconds', 'notebook', 'html'}."""
+    """Execute one chapter; returns {'chapter', 'status': executed|skipped, 'seconds', 'notebook'}."""
     import jupytext
     import papermill as pm
 
     out_nb = paths.outputs_root() / "notebooks" / profile / f"{chapter.stem}.ipynb"
-    out_html = paths.outputs_root() / "html" / profile / f"{chapter.stem}.html"
     params = {"PROFILE": profile}
     if data is not None:
         params["DATA"] = str(data)
     stamp_file = paths.outputs_root() / ".stamps" / profile / f"{chapter.stem}.json"
     stamp = source_stamp(chapter, params)
-    if not force and out_nb.exists() and out_html.exists() and stamp_file.exists():
+    if not force and out_nb.exists() and stamp_file.exists():
         try:
             if read_json(stamp_file).get("stamp") == stamp:
-                return {"chapter": chapter.stem, "status": "skipped", "seconds": 0.0, "notebook": out_nb,
-                        "html": out_html}
+                return {"chapter": chapter.stem, "status": "skipped", "seconds": 0.0, "notebook": out_nb}
         except (OSError, ValueError):
             pass
     nb = jupytext.read(chapter)
@@ -93,17 +96,42 @@ def execute_chapter(chapter: Path, profile: str, data=None, force: bool = False,
         pm.execute_notebook(str(src), str(tmp_out), parameters=params, kernel_name=kernel,
                             cwd=str(chapters_dir()), progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
-        raise SambookError(f"chapter {chapter.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-                           f"(partial notebook: {tmp_out.relative_to(paths.REPO_ROOT) if tmp_out.is_relative_to(paths.REPO_ROOT) else tmp_out})") from None
+        raise SambookError(f"chapter {chapter.stem} failed in cell {e.exec_count}: {e.ename}: "
+                           f"{str(e.evalue).splitlines()[0] if e.evalue else ''} (partial notebook: {tmp_out})") from None
     seconds = time.perf_counter() - t0
     _strip_volatile(tmp_out)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp_out, out_nb)
     src.unlink(missing_ok=True)
-    render_html(out_nb, out_html)
     write_json(stamp_file, {"stamp": stamp, "seconds": round(seconds, 1),
                             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    return {"chapter": chapter.stem, "status": "executed", "seconds": seconds, "notebook": out_nb, "html": out_html}
+    return {"chapter": chapter.stem, "status": "executed", "seconds": seconds, "notebook": out_nb}
+
+
+IGNORE_TAG = "nbval-ignore-output"
+
+
+def expectations_dir() -> Path:
+    return paths.REPO_ROOT / "tests" / "notebooks"
+
+
+def unchecked_cells(chapter: Path) -> list[str]:
+    """The first line of every code cell of ``chapter`` whose output nbval does not compare."""
+    import jupytext
+    nb = jupytext.read(chapter)
+    return [c.source.strip().splitlines()[0] if c.source.strip() else "" for c in nb.cells
+            if c.cell_type == "code" and IGNORE_TAG in c.metadata.get("tags", [])]
+
+
+def write_expectation(executed: Path, target: Path) -> Path:
+    """nbval's expectation from an executed smoke notebook: the outputs of unchecked cells removed."""
+    import nbformat
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and IGNORE_TAG in cell.metadata.get("tags", []):
+            cell.outputs = []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(target, nbformat.writes(nb) + "\n")
 
 
 def _strip_volatile(nb_path: Path) -> None:
@@ -123,60 +151,60 @@ def _strip_volatile(nb_path: Path) -> None:
     nbformat.write(nb, nb_path)
 
 
-def render_html(nb_path: Path, html_path: Path) -> Path:
-    from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_filename(str(nb_path))
-    return write_text(html_path, body)
-
-
-def write_index() -> Path:
-    """outputs/html/index.html: every executed chapter of every profile, with its stamp date."""
-    root = paths.outputs_root() / "html"
-    rows = []
-    for prof_dir in sorted(p for p in root.glob("*") if p.is_dir()):
-        for f in sorted(prof_dir.glob("*.html")):
-            stamp = paths.outputs_root() / ".stamps" / prof_dir.name / f"{f.stem}.json"
-            when = read_json(stamp).get("date", "") if stamp.exists() else "committed"
-            rows.append(f"<tr><td>{html.escape(prof_dir.name)}</td><td><a href='{prof_dir.name}/{f.name}'>"
-                        f"{html.escape(f.stem)}</a></td><td>{html.escape(when)}</td></tr>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>SAM and adversarial robustness: the book"
-            "</title><style>body{font-family:sans-serif;max-width:50em;margin:2em auto}td{padding:.2em 1em}"
-            "</style></head><body><h1>Sharpness-Aware Minimization and adversarial robustness</h1>"
-            "<p>Chapters executed by <code>make book</code>. The <b>smoke</b> profile runs a tiny network on a CPU: "
-            "its numbers only show that the code runs. <b>fast</b> and <b>paper</b> are real GPU runs.</p>"
-            "<table><tr><th>profile</th><th>chapter</th><th>executed (UTC)</th></tr>" + "".join(rows) +
-            "</table></body></html>\n")
-    return write_text(root / "index.html", page)
+def _warn_stale(profile: str) -> None:
+    """Say which of the profile's results were made by different training code than the checkout's."""
+    from . import runs
+    root = paths.runs_root()
+    found = [runs.load_run(d) for d in sorted(root.glob(f"*-{profile}-*")) if runs.is_finished(d)] \
+        if root.is_dir() else []
+    old = runs.stale(found)
+    if old:
+        print(f"book: warning: {len(old)} {profile} result(s) were made by different training code than this "
+              f"checkout's (fingerprint {runs.fingerprint()}): {', '.join(old)}", flush=True)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.book", description="Execute the chapters (make book).")
-    ap.add_argument("--profile", default="auto", help="smoke | fast | paper | auto (fast with a GPU, else smoke)")
+    from .cli import ArgumentParser, parse, profile_arg, resolve_profile
+    ap = ArgumentParser(prog="python -m lib.book", description="Execute the chapters and build the site (make book).")
+    profile_arg(ap)
     ap.add_argument("--data", default=None, help="data root passed to the chapters (default $SAMBOOK_DATA)")
     ap.add_argument("--only", default=None, help="comma-separated chapter numbers or names, e.g. 01,03")
     ap.add_argument("--force", action="store_true", help="execute even if nothing changed")
-    args = ap.parse_args(argv)
+    ap.add_argument("--no-site", action="store_true", help="execute the chapters only")
+    ap.add_argument("--expectations", action="store_true",
+                    help="after a smoke build, copy the notebooks into tests/notebooks/ as nbval's expectations")
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=logging.WARNING)
-    from .config import PROFILES
     try:
-        profile = default_profile() if args.profile == "auto" else args.profile
-        if profile not in PROFILES:
-            raise SambookError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
+        from .config import profile as get_profile
         from .data import find_source
-        prefs = PROFILES[profile].sources
-        find_source("cifar10", args.data, prefs)  # fail fast with the data error, before any kernel starts
+        profile = resolve_profile(args.profile)
+        find_source("cifar10", args.data, get_profile(profile).sources)  # fail fast, before any kernel starts
         chapters = list_chapters(args.only.split(",") if args.only else None)
         print(f"book: profile {profile}, {len(chapters)} chapter(s)", flush=True)
         total = time.perf_counter()
         for ch in chapters:
             r = execute_chapter(ch, profile, args.data, force=args.force)
-            print(f"  {r['chapter']:24s} {r['status']:9s} {r['seconds']:7.1f} s -> "
-                  f"{Path(r['notebook']).relative_to(paths.outputs_root().parent)}", flush=True)
-        write_index()
-        print(f"book: done in {time.perf_counter() - total:.1f} s; open outputs/html/index.html", flush=True)
+            print(f"  {r['chapter']:24s} {r['status']:9s} {r['seconds']:7.1f} s -> {r['notebook']}", flush=True)
+        if args.expectations:
+            if profile != "smoke":
+                raise SambookError("nbval's expectations come from the smoke profile: --profile smoke")
+            for ch in chapters:
+                nb = paths.outputs_root() / "notebooks" / profile / f"{ch.stem}.ipynb"
+                print(f"  expectation -> {write_expectation(nb, expectations_dir() / nb.name)}")
+        _warn_stale(profile)
+        site_line = ""
+        if not args.no_site:
+            from .site import build
+            t_site = time.perf_counter()
+            index = build(profile)
+            site_line = f"; site {index} ({time.perf_counter() - t_site:.1f} s)"
+        print(f"book: done in {time.perf_counter() - total:.1f} s{site_line}", flush=True)
         return 0
     except SambookError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
 
 

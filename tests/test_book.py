@@ -1,0 +1,76 @@
+"""The book's machinery: what nbval compares is visible and deliberate, the expectations hold nothing
+machine-dependent, and ``make book`` writes only where git does not look."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import nbformat
+import pytest
+
+from lib import book, paths
+
+UNCHECKED = paths.REPO_ROOT / "tests" / "nbval_unchecked.txt"
+
+
+def _listed() -> list[str]:
+    return [line.strip() for line in UNCHECKED.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_unchecked_cells_are_the_ones_listed():
+    """Every cell nbval skips is named in tests/nbval_unchecked.txt, and nothing else is."""
+    found = [f"{ch.stem}: {first}" for ch in book.list_chapters() for first in book.unchecked_cells(ch)]
+    assert found == _listed()
+
+
+def test_the_theory_chapter_is_compared_in_full():
+    assert book.unchecked_cells(book.chapters_dir() / "01_theory.py") == []
+
+
+@pytest.mark.parametrize("chapter", [c.stem for c in book.list_chapters()])
+def test_expectations_exist_and_hold_no_output_of_unchecked_cells(chapter):
+    path = book.expectations_dir() / f"{chapter}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    params = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert params and 'PROFILE = "smoke"' in params[0].source
+    skipped = [c for c in nb.cells if c.cell_type == "code" and book.IGNORE_TAG in c.metadata.get("tags", [])]
+    assert all(c.outputs == [] for c in skipped)
+    compared = [c for c in nb.cells if c.cell_type == "code" and book.IGNORE_TAG not in c.metadata.get("tags", [])]
+    assert any(c.outputs for c in compared)        # the notebook does compare something
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (paths.REPO_ROOT / ".git").exists(),
+                    reason="needs the git checkout")
+def test_everything_make_book_writes_is_ignored_by_git():
+    written = ["outputs/notebooks/smoke/01_theory.ipynb", "outputs/html/smoke/01_theory.html", "outputs/html/index.html",
+               "outputs/site/smoke/index.html", "outputs/site-src/smoke/conf.py", "outputs/figures/x.png",
+               "outputs/tables/x.csv", "outputs/.stamps/smoke/01_theory.json", "outputs/tmp/x.ipynb",
+               "outputs/cache/data/x.npz", "outputs/runs/cifar10-st-s0-smoke-0123456789/metrics.json",
+               "outputs/runs/cifar10-st-s0-cpu-0123456789/model.pt",
+               "outputs/runs/cifar10-st-s0-cpu-0123456789/checkpoint.pt",
+               "outputs/runs/cifar10-st-s0-cpu-0123456789/.lock", "outputs/screenshots/index.png"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=paths.REPO_ROOT, capture_output=True,
+                       text=True)
+    assert sorted(r.stdout.split()) == sorted(written)
+    kept = ["outputs/runs/cifar10-st-s0-cpu-0123456789/metrics.json", "tests/notebooks/01_theory.ipynb",
+            "outputs/bench/bench-cpu.md"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *kept], cwd=paths.REPO_ROOT, capture_output=True, text=True)
+    assert r.stdout.split() == []
+
+
+def test_the_site_folds_helper_cells_and_gives_figures_alt_text():
+    from lib.site import prepare_notebook
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 9. A chapter"),
+                nbformat.v4.new_code_cell("PROFILE = 'smoke'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import numpy as np"),
+                nbformat.v4.new_markdown_cell("## The figure"),
+                nbformat.v4.new_code_cell("\n".join(f"x{i} = {i}" for i in range(12)),
+                                          outputs=[nbformat.v4.new_output("display_data", {"image/png": "AAAA"})]),
+                nbformat.v4.new_code_cell("report.results_for(PROFILE)")]
+    out = prepare_notebook(nb, "Ran on: somewhere")
+    assert out.cells[1].cell_type == "markdown" and "Ran on: somewhere" in out.cells[1].source
+    code = [c for c in out.cells if c.cell_type == "code"]
+    assert ["hide-input" in c.metadata["tags"] for c in code] == [True, True, True, False]
+    assert code[2].metadata["mystnb"]["image"]["alt"] == "Figure: The figure"
+    assert nb.cells[1].metadata["tags"] == ["parameters"]       # the input notebook is not modified

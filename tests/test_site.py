@@ -1,0 +1,99 @@
+"""The HTML site, built offline and checked in a real browser (headless Chromium through selenium).
+
+The site is built from nbval's expectation notebooks (tests/notebooks: executed smoke chapters), so
+no chapter runs here; the first page reads the committed cpu-profile results. The browser loads the
+first page and chapter 4 from disk and checks that every image has loaded, every internal link
+resolves, math is rendered and the console shows no error; screenshots go to outputs/screenshots/.
+Chromium and ChromeDriver come from the distribution (.ci/run installs them when absent).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from lib import paths
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    pytest.importorskip("sphinx")
+    from lib import site as S
+    out = tmp_path_factory.mktemp("site")
+    index = S.build("smoke", notebooks_dir=paths.REPO_ROOT / "tests" / "notebooks", out_root=out)
+    return index
+
+
+def test_the_site_is_built_offline_with_the_chapters(site):
+    root = site.parent
+    assert site.exists() and (root / "search.html").exists()
+    chapters = sorted(p.name for p in root.glob("0[1-5]_*.html"))
+    assert chapters == ["01_theory.html", "02_mechanics.html", "03_training.html", "04_tables.html",
+                        "05_beyond.html"]
+    assert (root / "_static" / "mathjax" / "MathJax.js").exists()
+    text = site.read_text()
+    assert "cdn." not in text and "googleapis" not in text          # nothing fetched from the network
+    assert "The question." in text and "04_tables.html" in text
+    ch4 = (root / "04_tables.html").read_text()
+    assert "Ran on:" in ch4 and "toggle" in ch4.lower()             # the ran-on line; folded helper cells
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in root.rglob("*.html"))   # readable by a web server
+
+
+def _internal_links(driver, here: Path) -> list[Path]:
+    out = []
+    for href in driver.execute_script("return Array.from(document.querySelectorAll('a[href]'))"
+                                      ".map(a => a.getAttribute('href'))"):
+        u = urlparse(href)
+        if u.scheme in ("http", "https", "mailto", "javascript") or href.startswith("#"):
+            continue
+        out.append((here.parent / unquote(u.path)).resolve())
+    return out
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Chromium and ChromeDriver are not installed "
+                    "(apt-get install chromium chromium-driver)")
+def test_first_page_and_chapter_4_in_a_real_browser(site):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--window-size=1280,2000", "--allow-file-access-from-files"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    shots = paths.outputs_root() / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        for page in (site, site.parent / "04_tables.html"):
+            driver.get(page.as_uri())
+            driver.execute_script("return document.readyState")
+            import time
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not driver.execute_script(
+                    "return Array.from(document.images).every(i => i.complete) && "
+                    "(!window.MathJax || !MathJax.Hub || MathJax.Hub.queue.pending === 0)"):
+                time.sleep(0.2)
+            images = driver.execute_script("return Array.from(document.images).map(i => [i.src, i.naturalWidth, i.alt])")
+            assert images, f"{page.name}: no image"
+            broken = [src for src, w, _ in images if not w]
+            assert not broken, f"{page.name}: images not loaded: {broken}"
+            figures = [alt for src, w, alt in images if "_images" in src or "_static/headline" in src]
+            assert all(alt for alt in figures), f"{page.name}: a figure without alt text"
+            missing = [str(p) for p in _internal_links(driver, page) if not p.exists()]
+            assert not missing, f"{page.name}: links that do not resolve: {missing[:5]}"
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, f"{page.name}: console errors: {errors[:3]}"
+            if page.name == "04_tables.html":
+                assert driver.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, "
+                                             "mjx-container').length") > 0, "math was not rendered"
+            driver.save_screenshot(str(shots / f"{page.stem}.png"))
+    finally:
+        driver.quit()
+    assert (shots / "index.png").exists() and (shots / "04_tables.png").exists()
