@@ -108,6 +108,10 @@ def default_config(device=None, quick: bool = False, profile: str | None = None,
         base = dict(width=p.width, batch_size=p.batch_size, steps=2, repeats=3, warmup=1, eval_images=128)
     if dev.type != "cuda":
         base["threads"] = p.cpu_threads or 1
+    fields = {f.name for f in dataclasses.fields(BenchConfig)} - {"device", "profile", "quick"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown benchmark setting {unknown[0]!r}; valid settings: {', '.join(sorted(fields))}")
     base.update({k: v for k, v in overrides.items() if v is not None})
     return BenchConfig(device=str(dev), profile=profile, quick=quick, **base).validate()
 

@@ -157,8 +157,17 @@ def _history_csv(history: list) -> str:
     return buf.getvalue()
 
 
-def _sha_file(path: Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+def weights_sha(state_dict) -> str:
+    """A digest of the weights themselves (names, dtypes, shapes, bytes), not of the file: torch.save
+    names the archive's records after the file, so the same weights saved under two temporary names
+    would give two file hashes (runs written before this carry the file hash; each run's evaluations
+    are keyed by whatever its metrics.json says)."""
+    h = hashlib.sha1()
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -244,7 +253,7 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
             "images_per_second": result.images_seen / result.train_seconds if result.train_seconds else None,
             "passes_per_step": config.spec.passes_per_step(config), "precision": result.precision,
             "attack_precision": "fp32" if (config.attack_fp32 or result.precision == "fp32") else result.precision,
-            "weights_sha": _sha_file(path / MODEL), "fingerprint": code, **env,
+            "weights_sha": weights_sha(result.model.state_dict()), "fingerprint": code, **env,
             "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_text(path / HISTORY, _history_csv(result.history))

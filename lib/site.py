@@ -45,11 +45,18 @@ html_static_path = ["_static"]
 html_theme_options = {{"home_page_in_toc": True, "show_navbar_depth": 1, "use_download_button": False,
                       "use_fullscreen_button": False, "use_repository_button": False,
                       "navigation_with_keys": False, "show_toc_level": 2}}
+html_context = {{"default_mode": "light"}}   # without it the theme's script logs an error for an empty mode
 html_show_sourcelink = False
 # math offline: MathJax 2.7 from the jupyter-server-mathjax package, copied into _static/mathjax
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
+mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"   # the package ships only the -full config
 mathjax2_config = {{"tex2jax": {{"inlineMath": [["\\\\(", "\\\\)"]], "displayMath": [["\\\\[", "\\\\]"]],
-                                "processRefs": False, "processEnvironments": False}}}}
+                                "processRefs": False, "processEnvironments": False,
+                                # myst-nb marks notebook content tex2jax_ignore: process the math spans
+                                "ignoreClass": "document", "processClass": "math|output_area"}},
+                   # no web fonts: a browser refuses font files (and MathJax's font probe) on a page opened
+                   # from disk (file://) as cross-origin requests; the system's Unicode fonts render the math
+                   "HTML-CSS": {{"availableFonts": [], "preferredFont": None, "webFont": None, "imageFont": None}},
+                   "messageStyle": "none"}}
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 '''
 

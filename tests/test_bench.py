@@ -4,8 +4,14 @@ No timing is asserted: CPU timings here are noise. What is asserted is that the 
 and the engine, from the same weights, batch and random start, give the same PGD examples, the same
 updated weights and the same accuracies, so a speed ratio never hides a change in what is computed.
 The comparisons run in float64 (model and inputs), where the two code paths' different orders of
-summation agree to about 1e-15 relative, so 1e-10 tolerances are generous yet catch any real change;
-the PGD examples then agree exactly unless a gradient component is exactly 0 on one side only.
+summation agree to about 1e-15 relative. One thing is not float64 on the engine side: every loss is
+computed from ``logits.float()`` (by design, for bf16 logits), so the engine's loss and its gradient
+with respect to the logits carry fp32 rounding. Tolerances follow from that: the loss is a
+log-softmax and a mean, a handful of fp32 roundings of 2^-24 (6e-8) each, so rel 1e-6; a PGD step
+moves by alpha (<= 0.13) in a direction with about 1e-7 relative error, five steps, so 1e-7 on x_adv;
+an update is lr (0.1) times a gradient of size <= 1 with that relative error, two steps with momentum,
+so atol 1e-7 on the weights. Weight decay alone moves a weight by lr * wd * |w| ~ 1e-5 a step, two
+orders above, so a dropped term, a wrong radius or a sign error still fails.
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ def test_backward_pgd_and_input_only_pgd_give_the_same_x_adv(norm, eps, alpha):
     x, y = _batch()
     ref = bench.reference_pgd(model, x, y, eps, alpha, 5, norm, make_generator(CPU, 3))
     eng = pgd(model, x, y, eps, alpha, 5, norm, generator=make_generator(CPU, 3), autocast_dtype=None)
-    torch.testing.assert_close(ref, eng, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ref, eng, atol=1e-7, rtol=0)
     assert not torch.equal(ref, x)
     # the reference leaves no parameter gradient behind
     assert all(p.grad is None for p in model.parameters())
@@ -69,9 +75,9 @@ def test_reference_step_and_engine_step_compute_the_same_update(method):
         x, y = _batch(seed=10 + step)
         loss_a, _ = bench.reference_step(method, a, opt_a, x, y, rc, gen_a)
         loss_b, _ = m.step(b, opt_b, x, y, gen_b)
-        assert loss_a == pytest.approx(loss_b.item(), rel=1e-12)
+        assert loss_a == pytest.approx(loss_b.item(), rel=1e-6)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(p, q, atol=1e-10, rtol=1e-10, msg=f"{method}: {name} differs")
+        torch.testing.assert_close(p, q, atol=1e-7, rtol=0, msg=f"{method}: {name} differs")
 
 
 def test_reference_evaluate_matches_lib_evaluate():
@@ -112,7 +118,7 @@ def test_bad_configuration_is_refused():
     with pytest.raises(ConfigError):
         bench.default_config("cpu", width=0)
     with pytest.raises(ConfigError):
-        bench.default_config("cpu", data="imaginary")
+        bench.default_config("cpu", data="imaginary")          # not a setting: the bench uses synthetic data
 
 
 def test_cli_bench_error_is_one_line(capsys):

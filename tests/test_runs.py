@@ -106,3 +106,21 @@ def test_results_made_by_other_training_code_are_named(tmp_path):
     m = dict(r.metrics, fingerprint="000000000000")
     write_json(r.path / runs.METRICS, m)
     assert runs.stale([runs.load_run(r.path)]) == [r.path.name]
+
+
+def test_weights_sha_is_of_the_weights_not_of_the_file(tmp_path):
+    """torch.save names an archive's records after its file, so hashing the file made two identical
+    models (saved through two temporary names) look different; the digest is of the tensors."""
+    import torch
+    from lib.models import build_model
+    from lib.runs import weights_sha
+    torch.manual_seed(0)
+    sd = build_model(10, 4).state_dict()
+    for name in ("a.pt", "b.pt"):
+        torch.save(sd, tmp_path / name)
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+    loaded = [torch.load(tmp_path / n, weights_only=True) for n in ("a.pt", "b.pt")]
+    assert weights_sha(sd) == weights_sha(loaded[0]) == weights_sha(loaded[1])
+    changed = {k: v.clone() for k, v in sd.items()}
+    changed["conv1.weight"].view(-1)[0] += 1e-6
+    assert weights_sha(changed) != weights_sha(sd)

@@ -91,7 +91,7 @@ def test_first_page_and_chapter_4_in_a_real_browser(site):
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert not errors, f"{page.name}: console errors: {errors[:3]}"
             if page.name == "04_tables.html":
-                assert driver.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, "
+                assert driver.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, .MathJax_MathML, "
                                              "mjx-container').length") > 0, "math was not rendered"
             driver.save_screenshot(str(shots / f"{page.stem}.png"))
     finally:
