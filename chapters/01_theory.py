@@ -36,7 +36,7 @@
 # | per-sample SAM = L2 AT with radius $\rho\lVert x\rVert/\lVert w\rVert$; first-order and batch-level SAM behave differently | derived here (section 4) |
 
 # %% tags=["parameters"]
-PROFILE = "smoke"     # smoke | fast | paper: Monte Carlo size of the training runs only
+PROFILE = "smoke"     # smoke | cpu | fast | paper: Monte Carlo size of the training runs only
 P = 0.9               # probability that the robust feature x_1 agrees with the label
 ETA = 0.1             # mean shift of each non-robust feature, in its standard deviations
 D = 100               # number of non-robust features

@@ -156,8 +156,12 @@ print(report.missing_note(missing_fp32))
 prec = tables.attack_precision_table(tables.results_frame(res10 + fp32_runs))
 print("training precision of these runs:", ", ".join(sorted({r.metrics.get("attack_precision", "?") + " attacks"
                                                             for r in res10 + fp32_runs})))
-report.save_table(prec.set_index("model"), f"04_attack_precision_{PROFILE}", floatfmt=".2f")
-prec.round(2)
+if prec.empty:
+    print("No fp32-attack run yet: the comparison appears once `python -m lib sweep --profile "
+          f"{PROFILE} --grid fp32attack` has run.")
+else:
+    report.save_table(prec.set_index("model"), f"04_attack_precision_{PROFILE}", floatfmt=".2f")
+    display(prec.round(2))
 
 # %% [markdown]
 # ## The paper's claims, judged on these runs

@@ -378,6 +378,10 @@ def welch_ci(a, b) -> tuple[float, float, float]:
     return d, d - t * se, d + t * se
 
 
+PRECISION_COLUMNS = ["model", "column", "bf16 attacks", "bf16 std", "bf16 seeds", "fp32 attacks", "fp32 seeds",
+                     "fp32 - bf16", "95% low", "95% high", "within seed noise"]
+
+
 def attack_precision_table(df):
     """For each AT configuration trained with fp32 training attacks (label ``... fp32-attack``): the paper-protocol
     accuracies of the bf16-attack runs (mean, std, seeds) and of the fp32-attack runs, their difference with a
@@ -396,4 +400,4 @@ def attack_precision_table(df):
                          "bf16 std": b[key].std(ddof=1), "bf16 seeds": len(b), "fp32 attacks": a[key].mean(),
                          "fp32 seeds": len(a), "fp32 - bf16": d, "95% low": lo, "95% high": hi,
                          "within seed noise": ("yes" if lo <= 0 <= hi else "no") if lo == lo else "not resolved"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PRECISION_COLUMNS)

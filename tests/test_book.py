@@ -74,3 +74,16 @@ def test_the_site_folds_helper_cells_and_gives_figures_alt_text():
     assert ["hide-input" in c.metadata["tags"] for c in code] == [True, True, True, False]
     assert code[2].metadata["mystnb"]["image"]["alt"] == "Figure: The figure"
     assert nb.cells[1].metadata["tags"] == ["parameters"]       # the input notebook is not modified
+
+
+@pytest.mark.parametrize("chapter", [c.stem for c in book.list_chapters()])
+def test_expectations_run_the_chapter_as_it_is_now(chapter):
+    """nbval executes the expectation notebook's own code: if a chapter changed after the last
+    `make expectations`, CI would check yesterday's chapter. Every code cell of the chapter (the
+    parameters cell too) stands in the expectation, in order."""
+    import jupytext
+    now = [c.source for c in jupytext.read(book.chapters_dir() / f"{chapter}.py").cells if c.cell_type == "code"]
+    nb = nbformat.read(book.expectations_dir() / f"{chapter}.ipynb", as_version=4)
+    then = [c.source for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.metadata.get("tags", [])]
+    assert then == now, f"{chapter}: tests/notebooks/ is out of date; run `make expectations`"

@@ -1,0 +1,106 @@
+"""lib.tables on synthetic results: the verdicts and intervals the book prints are computed right.
+
+A verdict must follow from the intervals and nothing else: with one seed it is never "holds" or
+"does not hold"; a clear effect over seeds gives "holds"; an effect the other way "does not hold".
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lib import tables
+from lib.attacks import THREAT_NAMES
+
+
+def _frame(seeds, sam_gain=2.0, at_clean_cost=8.0, noise=0.3, sam_rhos=(0.05, 0.1, 0.2, 0.4)):
+    """ST, SAM at several radii and two AT runs per seed, with a known effect plus a seed-dependent wobble."""
+    rows = []
+    for s in seeds:
+        w = noise * ((s * 7919) % 5 - 2) / 2          # deterministic, different per seed, shared by all runs
+        v = noise * ((s * 104729) % 7 - 3) / 3        # SAM's own wobble: paired differences do not cancel it
+        rows.append({"label": "ST", "seed": s, "rho": None, "natural": 80 + w, "train_seconds": 100 + s,
+                     **{f"paper_{t}": 40 + w for t in THREAT_NAMES}})
+        for r in sam_rhos:
+            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 80 - 0.1 + w,
+                         "train_seconds": 200 + s, **{f"paper_{t}": 40 + sam_gain * (1 + r) + w + v for t in THREAT_NAMES}})
+        for lab in ("AT L-inf 1/255", "AT L-inf 2/255"):
+            rows.append({"label": lab, "seed": s, "rho": None, "natural": 80 - at_clean_cost + w,
+                         "train_seconds": 600 + s, **{f"paper_{t}": 55 + w for t in THREAT_NAMES}})
+    return pd.DataFrame(rows)
+
+
+def _verdicts(df):
+    return {c["claim"].split(".")[0]: c["verdict"] for c in tables.check_claims(df)}
+
+
+def test_one_seed_resolves_nothing():
+    v = _verdicts(_frame([0]))
+    assert set(v.values()) == {"not resolved at this scale"}, v
+
+
+def test_a_clear_effect_over_three_seeds_holds():
+    v = _verdicts(_frame([0, 1, 2]))
+    assert v["1a"] == "holds" and v["1b"] == "holds" and v["2"] == "holds"
+    assert v["3a"] == "holds" and v["3b"] == "holds" and v["3c"] == "holds"
+    assert v["4"] == "holds"                         # SAM 2x ST, AT 6x
+
+
+def test_the_opposite_effect_does_not_hold():
+    v = _verdicts(_frame([0, 1, 2], sam_gain=-3.0))
+    assert v["1a"] == "does not hold" and v["2"] == "does not hold"
+
+
+def test_an_effect_inside_the_noise_is_not_resolved():
+    v = _verdicts(_frame([0, 1, 2], sam_gain=0.05, noise=6.0))
+    assert v["1a"] == "not resolved at this scale"
+
+
+def test_mean_ci_is_the_t_interval():
+    x = [1.0, 2.0, 4.0]
+    m, lo, hi, n = tables.mean_ci(x)
+    ref = stats.t.interval(0.95, df=2, loc=sum(x) / 3, scale=stats.sem(x))
+    assert n == 3 and m == pytest.approx(7 / 3) and (lo, hi) == pytest.approx(ref, rel=1e-3)
+    assert math.isnan(tables.mean_ci([5.0])[1])
+
+
+def test_welch_ci_matches_scipy():
+    a, b = [60.1, 61.0, 59.5], [58.0, 58.9, 57.2, 58.4]
+    d, lo, hi = tables.welch_ci(a, b)
+    va, vb = pd.Series(a).var() / 3, pd.Series(b).var() / 4
+    dof = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+    half = stats.t.ppf(0.975, int(dof)) * math.sqrt(va + vb)     # integer dof: the table's (conservative) rounding
+    assert d == pytest.approx(sum(a) / 3 - sum(b) / 4) and (lo, hi) == pytest.approx((d - half, d + half), rel=1e-3)
+
+
+def test_comparison_table_diff_worst_and_weak_flag():
+    df = _frame([0])
+    for t in THREAT_NAMES:                            # the worst case: 3 points below on ST, 0.5 on the others
+        df[f"worst_{t}"] = df[f"paper_{t}"] - 0.5
+        df[f"gap_{t}"] = 0.5
+    st = df["label"] == "ST"
+    df.loc[st, [f"worst_{t}" for t in THREAT_NAMES]] -= 2.5
+    df.loc[st, [f"gap_{t}" for t in THREAT_NAMES]] = 3.0
+    t = tables.comparison_table(df)
+    col = tables.COLUMN_LABELS[THREAT_NAMES[0]]
+    assert "±" not in {c[1] for c in t.columns}       # one seed: no empty '±' columns
+    assert t.loc["ST", (col, "diff")] == pytest.approx(t.loc["ST", (col, "ours")] - t.loc["ST", (col, "paper")])
+    assert t.loc["ST", (col, "flag")] == "WEAK"
+    assert t.loc["AT L-inf 1/255", (col, "flag")] == ""
+    assert t.loc["ST", (col, "worst")] == pytest.approx(t.loc["ST", (col, "ours")] - 3.0)
+
+
+def test_attack_precision_table():
+    df = _frame([0, 1, 2])
+    assert list(tables.attack_precision_table(df).columns) == tables.PRECISION_COLUMNS   # no fp32 runs: empty
+    fp32 = df[df["label"] == "AT L-inf 2/255"].copy()
+    fp32["label"] = "AT L-inf 2/255 fp32-attack"
+    fp32[[f"paper_{t}" for t in THREAT_NAMES]] += 0.05
+    p = tables.attack_precision_table(pd.concat([df, fp32]))
+    assert set(p["model"]) == {"AT L-inf 2/255"} and (p["within seed noise"] == "yes").all()
+    fp32[[f"paper_{t}" for t in THREAT_NAMES]] += 5.0
+    p = tables.attack_precision_table(pd.concat([df, fp32]))
+    robust = p[p["column"] != "Natural"]
+    assert (robust["within seed noise"] == "no").all() and (robust["fp32 - bf16"] > 4.9).all()
