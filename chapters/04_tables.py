@@ -44,6 +44,8 @@ from lib.errors import DataNotFoundError
 
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.precision", 1)
+pd.set_option("display.max_columns", None)   # every budget of Table 2, never an ellipsis
+pd.set_option("display.width", 250)
 GRID = report.book_grid(PROFILE)
 res10, missing10 = report.results_for(PROFILE, GRID, "cifar10", SEEDS, data_root=DATA)
 extra, missing_extra = report.results_for(PROFILE, "beyond", "cifar10", SEEDS, data_root=DATA)

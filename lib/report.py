@@ -7,6 +7,7 @@ results; nothing here decides a number (that is :mod:`lib.tables`, :mod:`lib.pro
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from . import paths
@@ -105,8 +106,18 @@ def protocol_accuracy(result, name: str, threat: str, data_root=None) -> float:
 
 
 def missing_note(missing) -> str:
-    return ("All runs of the grid are here." if not missing else
-            f"{len(missing)} run(s) of the grid are not here yet: {', '.join(missing)}.")
+    """One sentence on the runs a chapter lacks: their names when few, else a count per seed."""
+    if not missing:
+        return "All runs of the grid are here."
+    if len(missing) <= 4:
+        return f"{len(missing)} run(s) of the grid are not here yet: {', '.join(missing)}."
+    per_seed: dict[str, int] = {}
+    for name in missing:
+        m = re.search(r"-s(\d+)-", name)
+        key = f"seed {m.group(1)}" if m else "other"
+        per_seed[key] = per_seed.get(key, 0) + 1
+    return (f"{len(missing)} runs of the grid are not here yet: "
+            + ", ".join(f"{k} ({n} run{'s' if n > 1 else ''})" for k, n in per_seed.items()) + ".")
 
 
 # --------------------------------------------------------------------------------------------------
