@@ -9,7 +9,8 @@ width), the same initial weights and the same batch size:
   (weight gradients too) reading the input's ``.grad``; ``.item()`` after every step.
 - **engine** (:mod:`lib`): the :mod:`lib.methods` classes driven by :func:`lib.train.train_epoch`
   on data already on the device, :func:`lib.data.augment` on whole batches, input-only PGD
-  gradients, one host sync per repeat, channels_last, and the profile's training precision (bf16
+  gradients, one host sync per repeat, the training loop's layout (channels_last on CUDA and with bf16; NCHW
+  for fp32 on a CPU) and the profile's training precision (bf16
   autocast on CUDA and on CPUs with AMX/AVX512-BF16). Evaluation is fp32 on both sides.
 
 Workloads: ST, SAM and PGD-10 AT (L-inf 8/255) steps, and PGD-10 evaluation at four budgets. The
@@ -300,6 +301,7 @@ class Bench:
         self.cfg = cfg
         self.dev = runtime.device(cfg.device)
         self.dtype = runtime.train_dtype(self.dev, get_profile(cfg.profile).precision)
+        self.layout = runtime.memory_format(self.dev, self.dtype)
         self.cpu = bench_data(cfg)
         self.x, self.y, self.xte, self.yte = (t.to(self.dev) for t in self.cpu)
         torch.manual_seed(cfg.seed)
@@ -308,7 +310,8 @@ class Bench:
     def model(self, engine: bool):
         m = build_model(10, self.cfg.width)
         m.load_state_dict(self.init)
-        return m.to(self.dev, memory_format=torch.channels_last if engine else torch.contiguous_format)
+        # the engine's layout is the training loop's (runtime.memory_format): NCHW for fp32 on a CPU
+        return m.to(self.dev, memory_format=self.layout if engine else torch.contiguous_format)
 
     def times(self, fns: dict, min_warmup: int = 0) -> dict:
         return time_interleaved(fns, self.dev, self.cfg.repeats, max(self.cfg.warmup, min_warmup))
@@ -320,7 +323,7 @@ class Bench:
         opt, m = build_optimizer(rc, model, self.dev), make_method(rc, self.dtype)
         gens = make_generator(self.dev, self.cfg.seed + 1), make_generator(self.dev, self.cfg.seed + 2)
         return lambda: train_epoch(model, m, opt, self.x, self.y, self.cfg.batch_size, *gens,
-                                   memory_format=torch.channels_last)[0].item()
+                                   memory_format=self.layout)[0].item()
 
     def reference_epoch(self, method: str):
         rc = _run_config(method, self.cfg.width, self.cfg.batch_size)
@@ -396,7 +399,8 @@ def run_bench(cfg: BenchConfig, out_dir=None, progress: bool = False) -> dict:
                 "torchvision": torchvision.__version__, "python": platform.python_version(),
                 "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "config": dataclasses.asdict(cfg), "data": "random uint8 images (the speed does not depend on the pixels)",
-                "engine_precision": runtime.precision_name(b.dtype), "peak_bf16_tflops": None,
+                "engine_precision": runtime.precision_name(b.dtype),
+                "engine_layout": "channels_last" if b.layout == torch.channels_last else "NCHW", "peak_bf16_tflops": None,
                 "forward_gflop_per_image": forward_flop(cfg.width) / 1e9,
                 "files": [str(stem.with_suffix(".json")), str(stem.with_suffix(".md"))]}
         head["peak_bf16_tflops"] = bf16_peak_tflops(head["device"])
@@ -434,7 +438,7 @@ def to_markdown(r: dict) -> str:
              f"{c['eval_images']} test images",
              f"- data: {r['data']}; reference: DataLoader with per-sample PIL transforms, fp32, backward PGD, .item() "
              f"every step; engine: lib.train.train_epoch, on-device data and augmentation, input-only PGD, one sync per "
-             f"repeat, channels_last, {r['engine_precision']} training, fp32 evaluation", ""]
+             f"repeat, {r.get('engine_layout', 'channels_last')}, {r['engine_precision']} training, fp32 evaluation", ""]
     if not r.get("complete", True):
         lines += ["**Incomplete: the run stopped (or is still running) before every section was measured.**", ""]
     head = ["workload", f"reference {ips}", f"engine {ips}", "engine / reference"]
