@@ -124,6 +124,9 @@ def _results(profile: str):
         return [], []
     configs = grid(report.book_grid(profile), profile)
     found = runs.finished_runs(configs)
+    committed = paths.REPO_ROOT / "outputs" / "runs"      # the results committed with the book
+    if committed.resolve() != paths.runs_root().resolve():
+        found = [r or c for r, c in zip(found, runs.finished_runs(configs, runs_root=committed))]
     return [r for r in found if r is not None], [c.name for c, r in zip(configs, found) if r is None]
 
 

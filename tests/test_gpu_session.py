@@ -16,9 +16,11 @@ from lib import paths
 @pytest.mark.slow
 def test_the_dry_run_runs_end_to_end_and_packs_one_archive(tmp_path):
     out = tmp_path / "out"
+    # 180 s, not the one minute the README suggests for a rehearsal: on two loaded cores the smoke ST
+    # run's estimate (from the bench's measured speed) does not fit in a minute and is skipped
     env = {**os.environ, "SAMBOOK_RUNS": str(tmp_path / "committed"), "SAMBOOK_OUTPUTS": str(tmp_path / "outputs")}
-    p = subprocess.run([sys.executable, "-m", "lib", "gpu-session", "--dry-run", "--budget-s", "60", "--out", str(out)],
-                       cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "lib", "gpu-session", "--dry-run", "--budget-s", "180", "--out", str(out)],
+                       cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     files = sorted(f.name for f in out.iterdir())
     assert files == ["gpu-session.tar.gz", "session.md"]               # at most 8 files come back from a device
