@@ -25,8 +25,18 @@ def site(tmp_path_factory):
     pytest.importorskip("sphinx")
     from lib import site as S
     out = tmp_path_factory.mktemp("site")
-    index = S.build("smoke", notebooks_dir=paths.REPO_ROOT / "tests" / "notebooks", out_root=out)
+    index = S.build("smoke", notebooks_dir=_notebooks(), out_root=out)
     return index
+
+
+def _notebooks():
+    """The executed smoke chapters of `make book` when they are all there, else nbval's expectations
+    (a fresh clone, CI): those keep the unchecked cells empty, so chapter 4 then has no figure."""
+    executed = paths.outputs_root() / "notebooks" / "smoke"
+    if all((executed / f"{c}.ipynb").exists() for c in
+           ("01_theory", "02_mechanics", "03_training", "04_tables", "05_beyond")):
+        return executed
+    return paths.REPO_ROOT / "tests" / "notebooks"
 
 
 def test_the_site_is_built_offline_with_the_chapters(site):
@@ -81,7 +91,8 @@ def test_first_page_and_chapter_4_in_a_real_browser(site):
                     "(!window.MathJax || !MathJax.Hub || MathJax.Hub.queue.pending === 0)"):
                 time.sleep(0.2)
             images = driver.execute_script("return Array.from(document.images).map(i => [i.src, i.naturalWidth, i.alt])")
-            assert images, f"{page.name}: no image"
+            if page.name == "index.html" or _notebooks().parent.name != "tests":
+                assert images, f"{page.name}: no image"      # the headline figure; chapter 4's figures
             broken = [src for src, w, _ in images if not w]
             assert not broken, f"{page.name}: images not loaded: {broken}"
             figures = [alt for src, w, alt in images if "_images" in src or "_static/headline" in src]
