@@ -74,7 +74,7 @@ PROFILES = {
                               ("linf8", 500, (0,))),
                    train_in_book=False,
                    description="real models on a 2-core CPU: width 16, the full JPEG training set, one-cycle "
-                               "schedule, bf16 training where the CPU has AMX"),
+                               "schedule, bf16 training where the CPU has AVX-512 BF16 or AMX"),
     "fast": Profile("fast", width=64, epochs=30, train_per_class=None, test_per_class=None,
                     sources=("official", "imagefolder"), seeds=(0,),
                     description="one GPU; full network and data; 30 epochs instead of 100"),
