@@ -299,12 +299,23 @@ def load_model(result: RunResult, device=None):
 
 
 def finished_runs(configs, data_root=None, runs_root=None) -> list[RunResult | None]:
-    """The finished run of each config (None where there is none), without training anything."""
+    """The finished run of each config (None where there is none), without training anything.
+
+    With no ``runs_root`` given, the run cache is searched first and then the results committed
+    with the book (``<repo>/outputs/runs``), so that pointing ``$SAMBOOK_OUTPUTS`` or
+    ``$SAMBOOK_RUNS`` elsewhere still finds them. An explicit ``runs_root`` is searched alone, and
+    smoke runs (never committed) only in the run cache.
+    """
+    roots = [paths.runs_root(runs_root)]
+    committed = (paths.REPO_ROOT / "outputs" / "runs").resolve()
+    if runs_root is None and committed != roots[0]:
+        roots.append(committed)
     out = []
     for c in configs:
         # a committed result is found even where its data is absent: try each source of the profile
         sources = get_profile(c.profile).sources if c.data_source == "auto" else (c.data_source,)
-        paths_ = [run_dir(replace(c, data_source=s), runs_root) for s in sources]
+        here = roots[:1] if c.profile == "smoke" else roots
+        paths_ = [run_dir(replace(c, data_source=s), root) for root in here for s in sources]
         done = [p for p in paths_ if is_finished(p)]
         out.append(load_run(done[0]) if done else None)
     return out

@@ -20,7 +20,6 @@ import copy
 import html
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -123,10 +122,7 @@ def _results(profile: str):
     if profile == "smoke":
         return [], []
     configs = grid(report.book_grid(profile), profile)
-    found = runs.finished_runs(configs)
-    committed = paths.REPO_ROOT / "outputs" / "runs"      # the results committed with the book
-    if committed.resolve() != paths.runs_root().resolve():
-        found = [r or c for r, c in zip(found, runs.finished_runs(configs, runs_root=committed))]
+    found = runs.finished_runs(configs)          # the run cache, then the committed results
     return [r for r in found if r is not None], [c.name for c, r in zip(configs, found) if r is None]
 
 
@@ -267,7 +263,7 @@ def _root_page(site_root: Path) -> str:
 
 
 def main(argv=None) -> int:
-    from .cli import ArgumentParser, parse, profile_arg, resolve_profile
+    from .cli import ArgumentParser, guarded, parse, profile_arg, resolve_profile
     ap = ArgumentParser(prog="python -m lib.site", description="Build the HTML site from the executed chapters.")
     profile_arg(ap)
     ap.add_argument("--verbose", action="store_true", help="show Sphinx's output")
@@ -275,14 +271,13 @@ def main(argv=None) -> int:
     if isinstance(args, int):
         return args
     logging.basicConfig(level=logging.WARNING)
-    try:
+
+    def command() -> int:
         t0 = time.perf_counter()
         index = build(resolve_profile(args.profile), quiet=not args.verbose)
         print(f"site: {index} ({time.perf_counter() - t0:.1f} s)")
         return 0
-    except SambookError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return guarded(command)
 
 
 if __name__ == "__main__":

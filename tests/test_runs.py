@@ -124,3 +124,20 @@ def test_weights_sha_is_of_the_weights_not_of_the_file(tmp_path):
     changed = {k: v.clone() for k, v in sd.items()}
     changed["conv1.weight"].view(-1)[0] += 1e-6
     assert weights_sha(changed) != weights_sha(sd)
+
+
+def test_committed_results_are_found_when_the_cache_points_elsewhere(tmp_path, monkeypatch):
+    """The chapters and the site read the cpu results committed under <repo>/outputs/runs even when
+    $SAMBOOK_OUTPUTS (or $SAMBOOK_RUNS) names another folder; an explicit runs_root stays isolated."""
+    from lib import report
+    from lib.config import grid
+    configs = grid("core", "cpu", seeds=[0])
+    committed = runs.finished_runs(configs, runs_root=paths.REPO_ROOT / "outputs" / "runs")
+    assert all(r is not None for r in committed), "the cpu seed-0 core grid is committed"
+    monkeypatch.setenv("SAMBOOK_OUTPUTS", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("SAMBOOK_RUNS", str(tmp_path / "elsewhere" / "runs"))
+    found = runs.finished_runs(configs)
+    assert [r.path for r in found] == [r.path for r in committed]
+    assert runs.finished_runs(configs, runs_root=tmp_path / "elsewhere" / "runs") == [None] * len(configs)
+    results, missing = report.results_for("cpu", "core", seeds=[0])
+    assert len(results) == len(configs) and missing == []
