@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -164,7 +163,7 @@ def _warn_stale(profile: str) -> None:
 
 
 def main(argv=None) -> int:
-    from .cli import ArgumentParser, parse, profile_arg, resolve_profile
+    from .cli import ArgumentParser, guarded, parse, profile_arg, resolve_profile
     ap = ArgumentParser(prog="python -m lib.book", description="Execute the chapters and build the site (make book).")
     profile_arg(ap)
     ap.add_argument("--data", default=None, help="data root passed to the chapters (default $SAMBOOK_DATA)")
@@ -177,7 +176,8 @@ def main(argv=None) -> int:
     if isinstance(args, int):
         return args
     logging.basicConfig(level=logging.WARNING)
-    try:
+
+    def command() -> int:
         from .config import profile as get_profile
         from .data import find_source
         profile = resolve_profile(args.profile)
@@ -203,9 +203,7 @@ def main(argv=None) -> int:
             site_line = f"; site {index} ({time.perf_counter() - t_site:.1f} s)"
         print(f"book: done in {time.perf_counter() - total:.1f} s{site_line}", flush=True)
         return 0
-    except SambookError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    return guarded(command)
 
 
 if __name__ == "__main__":

@@ -384,23 +384,11 @@ COMMANDS = {"train": _train, "sweep": _sweep, "grid": _sweep, "evaluate": _evalu
             "check-data": _check_data, "gpu-session": _gpu_session}
 
 
-def main(argv=None) -> int:
-    ap = build_parser()
-    args = parse(ap, argv)
-    if isinstance(args, int):
-        return args
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+def guarded(fn) -> int:
+    """``fn()``'s exit status, with the project's errors, I/O errors and Ctrl-C reported on one line
+    (never a traceback): the common ending of ``python -m lib``, ``lib.book`` and ``lib.site``."""
     try:
-        if args.list_methods or args.command == "list-methods":
-            print(list_methods())
-            return 0
-        if args.command == "list-protocols":
-            print(list_protocols())
-            return 0
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        ap.print_help()
-        return 0
+        return fn()
     except SambookError as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
@@ -412,6 +400,27 @@ def main(argv=None) -> int:
         print("error: interrupted; finished runs are kept and an unfinished run resumes from its last epoch",
               file=sys.stderr)
         return 130
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+    def command() -> int:
+        if args.list_methods or args.command == "list-methods":
+            print(list_methods())
+            return 0
+        if args.command == "list-protocols":
+            print(list_protocols())
+            return 0
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        ap.print_help()
+        return 0
+    return guarded(command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,17 @@ def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_the_book_and_the_site_report_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    from lib import book, site
+    monkeypatch.setenv("SAMBOOK_OUTPUTS", str(tmp_path))
+    for fn, argv, expected in [(book.main, ["--only", "99", "--no-site"], "no chapter matches 99"),
+                               (site.main, ["--profile", "cpu"], "no executed chapters in")]:
+        assert fn(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_bad_input_from_a_real_process_has_no_traceback():
     p = subprocess.run([sys.executable, "-m", "lib", "grid", "--profile", "nope"], capture_output=True, text=True,
                        cwd=paths.REPO_ROOT, timeout=120)
