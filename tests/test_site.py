@@ -1,14 +1,20 @@
 """The HTML site, built offline and checked in a real browser (headless Chromium through selenium).
 
-The site is built from nbval's expectation notebooks (tests/notebooks: executed smoke chapters), so
-no chapter runs here; the first page reads the committed cpu-profile results. The browser loads the
-first page and chapter 4 from disk and checks that every image has loaded, every internal link
-resolves, math is rendered and the console shows no error; screenshots go to outputs/screenshots/.
-Chromium and ChromeDriver come from the distribution (.ci/run installs them when absent).
+Two sites are built. The smoke site comes from nbval's expectation notebooks (tests/notebooks:
+executed smoke chapters, their unchecked cells empty), so no smoke chapter runs here. The cpu site
+comes from the cpu chapters executed here into a temporary outputs folder: they read the committed
+cpu-profile results and train nothing (about a minute), so chapter 4 has its figures and tables on
+any fresh clone. The browser loads each site's first page and chapter 4 from disk and checks that
+every image has loaded, every internal link resolves, math is rendered and the console shows no
+error; screenshots go to outputs/screenshots/ (cpu_index.png and cpu_04_tables.png are the ones
+that show results). Chromium and ChromeDriver come from the distribution (.ci/run installs them).
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -27,6 +33,21 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     index = S.build("smoke", notebooks_dir=_notebooks(), out_root=out)
     return index
+
+
+@pytest.fixture(scope="module")
+def cpu_site(tmp_path_factory):
+    """The cpu chapters executed from the committed results into a temporary outputs folder, and their site."""
+    pytest.importorskip("sphinx")
+    from lib import site as S
+    out = tmp_path_factory.mktemp("cpu-book")
+    env = {**os.environ, "SAMBOOK_OUTPUTS": str(out)}
+    env.pop("SAMBOOK_RUNS", None)
+    p = subprocess.run([sys.executable, "-m", "lib.book", "--profile", "cpu", "--no-site"], cwd=paths.REPO_ROOT,
+                       env=env, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir()), "the cpu book trained something"
+    return S.build("cpu", notebooks_dir=out / "notebooks" / "cpu", out_root=out)
 
 
 def _notebooks():
@@ -67,7 +88,9 @@ def _internal_links(driver, here: Path) -> list[Path]:
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Chromium and ChromeDriver are not installed "
                     "(apt-get install chromium chromium-driver)")
-def test_first_page_and_chapter_4_in_a_real_browser(site):
+@pytest.mark.parametrize("which", ["smoke", "cpu"])
+def test_first_page_and_chapter_4_in_a_real_browser(which, request):
+    site = request.getfixturevalue("site" if which == "smoke" else "cpu_site")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
@@ -79,6 +102,7 @@ def test_first_page_and_chapter_4_in_a_real_browser(site):
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     shots = paths.outputs_root() / "screenshots"
+    prefix = "" if which == "smoke" else "cpu_"
     shots.mkdir(parents=True, exist_ok=True)
     try:
         for page in (site, site.parent / "04_tables.html"):
@@ -91,8 +115,10 @@ def test_first_page_and_chapter_4_in_a_real_browser(site):
                     "(!window.MathJax || !MathJax.Hub || MathJax.Hub.queue.pending === 0)"):
                 time.sleep(0.2)
             images = driver.execute_script("return Array.from(document.images).map(i => [i.src, i.naturalWidth, i.alt])")
-            if page.name == "index.html" or _notebooks().parent.name != "tests":
+            if page.name == "index.html" or which == "cpu" or _notebooks().parent.name != "tests":
                 assert images, f"{page.name}: no image"      # the headline figure; chapter 4's figures
+            if which == "cpu" and page.name == "04_tables.html":
+                assert len([i for i in images if "_images" in i[0]]) >= 3, f"cpu chapter 4: too few figures: {images}"
             broken = [src for src, w, _ in images if not w]
             assert not broken, f"{page.name}: images not loaded: {broken}"
             figures = [alt for src, w, alt in images if "_images" in src or "_static/headline" in src]
@@ -104,7 +130,7 @@ def test_first_page_and_chapter_4_in_a_real_browser(site):
             if page.name == "04_tables.html":
                 assert driver.execute_script("return document.querySelectorAll('.MathJax, .MathJax_CHTML, .MathJax_MathML, "
                                              "mjx-container').length") > 0, "math was not rendered"
-            driver.save_screenshot(str(shots / f"{page.stem}.png"))
+            driver.save_screenshot(str(shots / f"{prefix}{page.stem}.png"))
     finally:
         driver.quit()
-    assert (shots / "index.png").exists() and (shots / "04_tables.png").exists()
+    assert (shots / f"{prefix}index.png").exists() and (shots / f"{prefix}04_tables.png").exists()
