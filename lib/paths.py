@@ -41,6 +41,11 @@ def runs_root(root: str | os.PathLike | None = None) -> Path:
     return outputs_root() / "runs"
 
 
+def committed_runs_root() -> Path:
+    """The run results committed with the book (``<repo>/outputs/runs``), whatever the cache settings."""
+    return REPO_ROOT / "outputs" / "runs"
+
+
 def cache_root() -> Path:
     """Decoded-dataset cache: ``$SAMBOOK_CACHE`` or ``<outputs>/cache`` (gitignored)."""
     env = os.environ.get("SAMBOOK_CACHE")

@@ -307,7 +307,7 @@ def finished_runs(configs, data_root=None, runs_root=None) -> list[RunResult | N
     smoke runs (never committed) only in the run cache.
     """
     roots = [paths.runs_root(runs_root)]
-    committed = (paths.REPO_ROOT / "outputs" / "runs").resolve()
+    committed = paths.committed_runs_root().resolve()
     if runs_root is None and committed != roots[0]:
         roots.append(committed)
     out = []

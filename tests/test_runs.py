@@ -132,7 +132,7 @@ def test_committed_results_are_found_when_the_cache_points_elsewhere(tmp_path, m
     from lib import report
     from lib.config import grid
     configs = grid("core", "cpu", seeds=[0])
-    committed = runs.finished_runs(configs, runs_root=paths.REPO_ROOT / "outputs" / "runs")
+    committed = runs.finished_runs(configs, runs_root=paths.committed_runs_root())
     assert all(r is not None for r in committed), "the cpu seed-0 core grid is committed"
     monkeypatch.setenv("SAMBOOK_OUTPUTS", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("SAMBOOK_RUNS", str(tmp_path / "elsewhere" / "runs"))
