@@ -73,11 +73,13 @@ test: env check-data
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q $(NBVAL)
 
-# another machine's kernels: oneDNN and ATen limited to AVX2, and a run cache of its own (so the smoke
-# runs are trained again under those kernels, not read from the default run)
+# another machine's kernels: oneDNN and ATen limited to AVX2, and a fresh outputs folder of its own each
+# time (so the smoke runs are trained again under those kernels, never read from the default run or from
+# an earlier test-isa); the folder is removed afterwards
 test-isa: env check-data
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 SAMBOOK_OUTPUTS=$${TMPDIR:-/tmp}/sambook-isa-outputs \
-	    $(PY) -m pytest -q $(NBVAL)
+	@d=$$(mktemp -d "$${TMPDIR:-/tmp}/sambook-isa.XXXXXX") && echo "test-isa: outputs in $$d (removed afterwards)" && \
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 SAMBOOK_OUTPUTS=$$d $(PY) -m pytest -q $(NBVAL); \
+	rc=$$?; rm -rf "$$d"; exit $$rc
 
 expectations: env check-data
 	$(PY) -m lib.book --profile smoke --expectations
