@@ -74,7 +74,7 @@ report.save_table(tables.flat_comparison(t2), f"04_table2_cifar10_{PROFILE}", fl
 flagged = [(row, col[0]) for row in t2.index for col in t2.columns if col[1] == "flag" and t2.loc[row, col]]
 print("cells flagged WEAK (worst case > 1 point below the paper protocol):",
       ", ".join(f"{r} at {c}" for r, c in flagged) or "none")
-t2
+report.shown(t2)
 
 # %% [markdown]
 # ## Every protocol, side by side

@@ -177,7 +177,7 @@ for label in ("AT L-inf 8/255", "AWP L-inf 8/255 gamma=0.01"):
         published.loc[f"{label} (ours)"] = [table.loc[label, "clean"], table.loc[label, "L-inf 8/255 (PGD-20)"], None,
                                            f"{PROFILE} profile: width {p.width}, {p.epochs} epochs, last epoch"]
 report.save_table(published, f"05_awp_published_{PROFILE}", caption="AWP (Wu et al. 2020), published and ours (%)")
-published.round(1)
+report.shown(published, 1)
 
 # %% [markdown]
 # ## Where SAM stands

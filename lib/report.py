@@ -139,6 +139,12 @@ def savefig(fig, name: str, outputs: str | os.PathLike | None = None, dpi: int =
     return target
 
 
+def shown(df, decimals: int = 2):
+    """A table as a chapter displays it: floats at ``decimals`` places and a missing value (no published
+    number for a method beyond the paper, no spread with one seed) as a blank cell, never "NaN"."""
+    return df.style.format(precision=decimals, na_rep="")
+
+
 def save_table(df, name: str, outputs: str | os.PathLike | None = None, floatfmt: str = ".2f",
                caption: str | None = None) -> dict[str, Path]:
     """Write a pandas DataFrame as CSV, Markdown and LaTeX under ``outputs/tables/``."""

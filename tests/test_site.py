@@ -134,3 +134,32 @@ def test_first_page_and_chapter_4_in_a_real_browser(which, request):
     finally:
         driver.quit()
     assert (shots / f"{prefix}index.png").exists() and (shots / f"{prefix}04_tables.png").exists()
+
+
+def test_cpu_chapter_5_sets_the_committed_methods_beside_at_8(cpu_site):
+    """Chapter 5 of the cpu book shows every committed seed-0 run of chapter 5's grid and, beside them,
+    AT L-inf 8/255 (a run of the paper's grid, which the cpu book reads but does not train): the rows
+    of its table are exactly those committed runs, with the PGD-20 column filled from their evaluations."""
+    import pandas as pd
+    from lib import runs
+    from lib.config import grid
+    out = cpu_site.parent.parent.parent                 # <outputs>/site/cpu/index.html
+    table = pd.read_csv(out / "tables" / "05_beyond_cpu.csv", index_col=0)
+    committed = [r for r in runs.finished_runs(grid("beyond", "cpu", seeds=[0]), runs_root=paths.committed_runs_root())
+                 if r is not None]
+    assert committed, "no run of chapter 5's methods is committed for the cpu profile"
+    at8 = [c for c in grid("paper", "cpu", seeds=[0]) if c.label == "AT L-inf 8/255"]
+    assert runs.finished_runs(at8, runs_root=paths.committed_runs_root())[0] is not None
+    expected = {r.config.label for r in committed} | {"AT L-inf 8/255", "ST", "SAM rho=0.1", "AT L-inf 2/255"}
+    assert set(table.index) == expected and len(table) == len(expected), list(table.index)
+    pgd20 = table["L-inf 8/255 (PGD-20)"]
+    assert pgd20.notna().all() and ((pgd20 >= 0) & (pgd20 <= 100)).all()
+
+
+def test_no_table_of_the_cpu_chapters_shows_nan(cpu_site):
+    """A missing value (no published number for a method beyond the paper, no spread with one seed) is a
+    blank cell in the rendered tables, not "NaN"."""
+    pages = sorted(cpu_site.parent.glob("0[1-5]_*.html"))
+    assert len(pages) == 5
+    for page in pages:
+        assert ">NaN<" not in page.read_text(), f"{page.name}: a table shows NaN for a missing value"
