@@ -156,6 +156,28 @@ def test_cpu_chapter_5_sets_the_committed_methods_beside_at_8(cpu_site):
     assert pgd20.notna().all() and ((pgd20 >= 0) & (pgd20 <= 100)).all()
 
 
+def test_cpu_table_2_shows_every_committed_run_of_the_paper_grid(cpu_site):
+    """The cpu book trains the core grid, but its Table 2 has a row for every committed run of the paper's
+    grid (AT L-inf 8/255 and the other AT budgets, where they exist) and of chapter 5's, each with our
+    clean accuracy filled and, for the paper's models, the published value beside it."""
+    import pandas as pd
+    from lib import runs
+    from lib.config import grid
+    out = cpu_site.parent.parent.parent                 # <outputs>/site/cpu/index.html
+    table = pd.read_csv(out / "tables" / "04_table2_cifar10_cpu.csv", index_col=0)
+    rows = [str(i).split(" (paper ")[0] for i in table.index]
+    assert len(rows) == len(set(rows)), rows
+    root = paths.committed_runs_root()
+    paper = {r.config.label for r in runs.finished_runs(grid("paper", "cpu"), runs_root=root) if r is not None}
+    beyond = {r.config.label for r in runs.finished_runs(grid("beyond", "cpu"), runs_root=root) if r is not None}
+    core = {c.label for c in grid("core", "cpu")}
+    assert paper - core, "no committed run of the paper's grid outside the core grid (AT L-inf 8/255 was)"
+    assert set(rows) == paper | beyond, sorted(set(rows) ^ (paper | beyond))
+    assert table["Natural ours"].notna().all()
+    for label in paper:
+        assert not pd.isna(table.loc[table.index[rows.index(label)], "Natural paper"]) or label == "SAM rho=0.4"
+
+
 def test_no_table_of_the_cpu_chapters_shows_nan(cpu_site):
     """A missing value (no published number for a method beyond the paper, no spread with one seed) is a
     blank cell in the rendered tables, not "NaN"."""
