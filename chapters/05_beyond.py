@@ -152,11 +152,12 @@ flat.groupby("method", sort=False)[["random", "worst", "Linf 2/255"]].mean().rou
 pt = tables.protocol_table(tables.results_frame(base + extra), "linf_2")
 aa = [c for c in ("autoattack", "apgd-ce") if c in pt]
 if aa:
+    pt = pt[pt[aa[0]].notna()]    # the models AutoAttack ran on (a subset of them on a CPU)
     pt["gap (paper - AutoAttack)"] = pt["paper"] - pt[aa[0]]
     pt["flag"] = ["PGD too weak" if g > 3 else "" for g in pt["gap (paper - AutoAttack)"]]
     print(f"AutoAttack ({aa[0]}) ran on the first {int(pt['images'].min())}-{int(pt['images'].max())} test images; "
           f"flagged: {', '.join(pt.index[pt['flag'] != '']) or 'none'}")
-    display(pt.round(1))
+    display(report.shown(pt, 1))
 else:
     print("AutoAttack: not run for these models (the optional extra is not installed, or the profile skips it)")
 
