@@ -72,7 +72,8 @@ def _add_data(p, profile_default="smoke", auto=False):
                    help=f"one of {', '.join(profiles)} (default {profile_default})")
     p.add_argument("--dataset", default="cifar10", type=_choice("dataset", DATASETS),
                    help=f"one of {', '.join(DATASETS)} (default cifar10)")
-    p.add_argument("--data-root", default=None, help="data folder (default $SAMBOOK_DATA, else <repo>/data)")
+    p.add_argument("--data-root", default=None,
+                   help="data folder (default $SAMBOOK_DATA, else <repo>/data, else ../shared/data)")
     p.add_argument("--download", action="store_true", help="download the official files if missing (internet)")
 
 
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--import", dest="import_archive", default=None, metavar="ARCHIVE",
                    help="unpack a session's gpu-session.tar.gz into outputs/ (runs, bench, provenance) to commit")
     g.add_argument("--dry-run", action="store_true", help="the same code path on the CPU, smoke profile")
-    g.add_argument("--data-root", default=None, help="data folder (default $SAMBOOK_DATA, else <repo>/data)")
+    g.add_argument("--data-root", default=None,
+                   help="data folder (default $SAMBOOK_DATA, else <repo>/data, else ../shared/data)")
 
     c = sub.add_parser("check-data", help="say which data a profile would use, or fail with the data error")
     _add_data(c, profile_default="auto", auto=True)

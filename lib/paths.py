@@ -1,6 +1,7 @@
 """Where things live. Every location can be overridden by an argument or an environment variable.
 
-- ``SAMBOOK_DATA``: the data root (see :mod:`lib.data`). Default: ``<repo>/data``.
+- ``SAMBOOK_DATA``: the data root (see :mod:`lib.data`). Default: ``<repo>/data``, or
+  ``<repo>/../shared/data`` when only that one exists (a checkout with the shared data beside it).
 - ``SAMBOOK_OUTPUTS``: where runs, figures, tables and notebooks go. Default: ``<repo>/outputs``.
 """
 from __future__ import annotations
@@ -12,13 +13,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: the argument, else ``$SAMBOOK_DATA``, else ``<repo>/data``."""
+    """The data root: the argument, else ``$SAMBOOK_DATA``, else ``<repo>/data``.
+
+    When ``<repo>/data`` does not exist but ``<repo>/../shared/data`` does (the layout of a checkout
+    with the shared data folder beside it), that one is the default, so ``make book`` needs no
+    variable there. ``<repo>/data`` stays the download target otherwise.
+    """
     if root is not None:
         return Path(root).expanduser().resolve()
     env = os.environ.get("SAMBOOK_DATA")
     if env:
         return Path(env).expanduser().resolve()
-    return REPO_ROOT / "data"
+    own, beside = REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"
+    if not own.exists() and beside.is_dir():
+        return beside.resolve()
+    return own
 
 
 def outputs_root(root: str | os.PathLike | None = None) -> Path:

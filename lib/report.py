@@ -162,13 +162,19 @@ def _fmt(v, floatfmt: str) -> str:
     return str(v)
 
 
+def _rows(df):
+    """(index, *values) per row with each column's own type: ``iterrows`` would turn an integer column
+    (seeds, images) into floats as soon as the row also holds a float."""
+    return df.itertuples(index=True, name=None)
+
+
 def to_markdown(df, floatfmt: str = ".1f", caption: str | None = None) -> str:
     idx = df.index.name or ""
     cols = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
     lines = [caption, ""] if caption else []
     lines.append("| " + " | ".join([idx] + cols) + " |")
     lines.append("|" + "---|" * (len(cols) + 1))
-    for key, row in df.iterrows():
+    for key, *row in _rows(df):
         lines.append("| " + " | ".join([str(key)] + [_fmt(v, floatfmt) for v in row]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -180,7 +186,7 @@ def _to_latex(df, floatfmt: str, caption: str | None) -> str:
     lines = [f"% {caption}"] if caption else []
     cols = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
     lines.append("% " + " & ".join([esc(df.index.name or "")] + [esc(c) for c in cols]))
-    for key, row in df.iterrows():
+    for key, *row in _rows(df):
         lines.append(" & ".join([esc(str(key))] + [esc(_fmt(v, floatfmt)) for v in row]) + r" \\")
     return "\n".join(lines) + "\n"
 

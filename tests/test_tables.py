@@ -104,3 +104,16 @@ def test_attack_precision_table():
     p = tables.attack_precision_table(pd.concat([df, fp32]))
     robust = p[p["column"] != "Natural"]
     assert (robust["within seed noise"] == "no").all() and (robust["fp32 - bf16"] > 4.9).all()
+
+
+def test_saved_tables_keep_integer_columns_integer_and_leave_missing_cells_blank():
+    """A table with counts (seeds, images) beside accuracies: the Markdown and LaTeX files print the counts
+    as integers, the accuracies at the requested precision, and a missing value as an empty cell."""
+    from lib import report
+    df = pd.DataFrame({"seeds": [3, 1], "images": [2000, 200], "natural": [71.234, float("nan")]},
+                      index=pd.Index(["ST", "AT"], name="model"))
+    md = report.to_markdown(df, ".1f").splitlines()
+    assert md[2] == "| ST | 3 | 2000 | 71.2 |"
+    assert md[3] == "| AT | 1 | 200 |  |"
+    tex = report._to_latex(df, ".1f", None).splitlines()
+    assert tex[1] == r"ST & 3 & 2000 & 71.2 \\"
