@@ -167,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     g = sub.add_parser("gpu-session", help="the prepared GPU session: provenance, CUDA checks, bench, fast-profile runs")
-    g.add_argument("--budget-s", type=positive_int, default=420, help="stop cleanly before this many seconds")
+    g.add_argument("--budget-s", type=positive_int, default=None,
+                   help="stop cleanly before this many seconds (default 420; 60 with --dry-run)")
+    g.add_argument("--max-runs", type=positive_int, default=None,
+                   help="stop the run queue after this many trained runs (default: as many as the budget allows)")
     g.add_argument("--out", default=None, help="folder for the results (packed into one archive at the end)")
     g.add_argument("--import", dest="import_archive", default=None, metavar="ARCHIVE",
                    help="unpack a session's gpu-session.tar.gz into outputs/ (runs, bench, provenance) to commit")
@@ -379,7 +382,8 @@ def _gpu_session(args) -> int:
         return 0
     if not args.out:
         raise SambookError("gpu-session needs --out DIR (or --import ARCHIVE)")
-    return gpu_session.main(out=args.out, budget_s=args.budget_s, dry_run=args.dry_run, data_root=args.data_root)
+    return gpu_session.main(out=args.out, budget_s=args.budget_s, dry_run=args.dry_run, data_root=args.data_root,
+                            max_runs=args.max_runs)
 
 
 COMMANDS = {"train": _train, "sweep": _sweep, "grid": _sweep, "evaluate": _evaluate, "bench": _bench,

@@ -209,15 +209,20 @@ def _copy_small(run_path: Path, dest: Path) -> None:
             shutil.copy2(f, target)
 
 
-def main(out, budget_s: int = 420, dry_run: bool = False, data_root=None, reserve_s: float | None = None) -> int:
-    """The session. Returns 0 when every step that ran succeeded (a step cut by the budget is not a failure)."""
+def main(out, budget_s: int | None = None, dry_run: bool = False, data_root=None, reserve_s: float | None = None,
+         max_runs: int | None = None) -> int:
+    """The session. Returns 0 when every step that ran succeeded (a step cut by the budget is not a failure).
+
+    ``budget_s`` defaults to 420 s on the GPU and 60 s for the dry run; ``max_runs`` stops the run queue after
+    that many trained runs (None: as many as the budget allows)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SambookError(f"cannot write the session folder {out}: {e.strerror or e}") from None
     if dry_run:
-        dev, profile, budget_s = torch.device("cpu"), "smoke", min(budget_s, 60)
+        dev, profile = torch.device("cpu"), "smoke"
+        budget_s = 60 if budget_s is None else budget_s
         # one thread, as the smoke profile's runs: two OpenMP threads on shared, busy cores wait on each
         # other at every barrier and can make each step ten times slower
         torch.set_num_threads(1)
@@ -225,6 +230,7 @@ def main(out, budget_s: int = 420, dry_run: bool = False, data_root=None, reserv
         if not torch.cuda.is_available():
             raise SambookError("gpu-session needs a CUDA GPU; use --dry-run to rehearse it on the CPU")
         dev, profile = torch.device("cuda"), "fast"
+        budget_s = 420 if budget_s is None else budget_s
     clock = Clock(budget_s, reserve_s if reserve_s is not None else (5 if dry_run else 25))
     work = out / "session"
     work.mkdir(exist_ok=True)
@@ -260,7 +266,7 @@ def main(out, budget_s: int = 420, dry_run: bool = False, data_root=None, reserv
             note("bench", ok=True, images_per_second={k: round(v) for k, v in speeds.items()})
     else:
         note("bench", ok=True, skipped="budget")
-    attempt("runs", lambda: _runs(profile, dev, clock, speeds, work, note, data_root))
+    attempt("runs", lambda: _runs(profile, dev, clock, speeds, work, note, data_root, max_runs))
     note("end", ok=all(v.get("ok", True) for v in status.values()))
     write_text(out / "session.md", "# GPU session\n\n" + "\n".join(f"- {line}" for line in log_lines) + "\n")
     with tarfile.open(out / "gpu-session.tar.gz", "w:gz") as tar:
@@ -270,8 +276,9 @@ def main(out, budget_s: int = 420, dry_run: bool = False, data_root=None, reserv
     return 0 if all(v.get("ok", True) for v in status.values()) else 1
 
 
-def _runs(profile, dev, clock, speeds, work, note, data_root):
-    """Train and evaluate the profile's grid in priority order while the budget lasts; skip committed runs."""
+def _runs(profile, dev, clock, speeds, work, note, data_root, max_runs=None):
+    """Train and evaluate the profile's grid in priority order while the budget lasts (and, with ``max_runs``,
+    until that many have finished); skip committed runs."""
     import tempfile
 
     from . import protocols, runs
@@ -283,6 +290,9 @@ def _runs(profile, dev, clock, speeds, work, note, data_root):
     root = Path(tempfile.mkdtemp(prefix="gpu-runs-"))
     finished = []
     for c in todo:
+        if max_runs is not None and len(finished) >= max_runs:
+            note("runs-stop", ok=True, reason=f"--max-runs {max_runs} reached")
+            break
         kind = "at" if c.spec.adversarial else ("sam" if c.spec.sam else "st")
         ips = speeds.get(kind)
         per_image = 1.0 / ips if ips else None
