@@ -218,6 +218,7 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
     config = resolve(config, data_root, download)
     path = run_dir(config, runs_root)
     code = fingerprint()            # the training code as this run starts (recorded in its metrics)
+    commit = git_commit()           # likewise the commit: the checkout may change while a run trains
 
     def reusable():
         return is_finished(path) and not retrain and not (need_model and not (path / MODEL).exists())
@@ -254,7 +255,7 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
             "passes_per_step": config.spec.passes_per_step(config), "precision": result.precision,
             "attack_precision": "fp32" if (config.attack_fp32 or result.precision == "fp32") else result.precision,
             "weights_sha": weights_sha(result.model.state_dict()), "fingerprint": code, **env,
-            "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_text(path / HISTORY, _history_csv(result.history))
         write_json(path / METRICS, metrics)        # last: marks the run finished

@@ -141,3 +141,21 @@ def test_committed_results_are_found_when_the_cache_points_elsewhere(tmp_path, m
     assert runs.finished_runs(configs, runs_root=tmp_path / "elsewhere" / "runs") == [None] * len(configs)
     results, missing = report.results_for("cpu", "core", seeds=[0])
     assert len(results) == len(configs) and missing == []
+
+
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """A commit made (or lib edited) while a run trains must not be stamped on it: the provenance is the
+    checkout as training started, like the fingerprint."""
+    checkout = {"commit": "aaaaaaaaaaaa"}
+    monkeypatch.setattr(runs, "git_commit", lambda: checkout["commit"])
+    train = runs.train
+
+    def train_while_someone_commits(*args, **kwargs):
+        result = train(*args, **kwargs)
+        checkout["commit"] = "bbbbbbbbbbbb+dirty"
+        return result
+
+    monkeypatch.setattr(runs, "train", train_while_someone_commits)
+    cfg = make_config("st", "smoke", epochs=1, train_per_class=10, batch_size=50)
+    r = runs.run(cfg, runs_root=tmp_path, device="cpu", progress=False)
+    assert r.metrics["commit"] == "aaaaaaaaaaaa"
