@@ -111,13 +111,18 @@ def missing_note(missing) -> str:
         return "All runs of the grid are here."
     if len(missing) <= 4:
         return f"{len(missing)} run(s) of the grid are not here yet: {', '.join(missing)}."
-    per_seed: dict[str, int] = {}
+    per_seed: dict[str, list[str]] = {}
     for name in missing:
-        m = re.search(r"-s(\d+)-", name)
-        key = f"seed {m.group(1)}" if m else "other"
-        per_seed[key] = per_seed.get(key, 0) + 1
+        m = re.search(r"^[^-]+-(.+)-s(\d+)-", name)        # <dataset>-<what>-s<seed>-<profile>...
+        key = f"seed {m.group(2)}" if m else "other"
+        per_seed.setdefault(key, []).append(m.group(1) if m else name)
+
+    def which(runs):
+        n = len(runs)
+        listed = f": {', '.join(runs)}" if n <= 8 else ""
+        return f"{n} run{'s' if n > 1 else ''}{listed}"
     return (f"{len(missing)} runs of the grid are not here yet: "
-            + ", ".join(f"{k} ({n} run{'s' if n > 1 else ''})" for k, n in per_seed.items()) + ".")
+            + "; ".join(f"{k} ({which(v)})" for k, v in per_seed.items()) + ".")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -117,3 +117,16 @@ def test_saved_tables_keep_integer_columns_integer_and_leave_missing_cells_blank
     assert md[3] == "| AT | 1 | 200 |  |"
     tex = report._to_latex(df, ".1f", None).splitlines()
     assert tex[1] == r"ST & 3 & 2000 & 71.2 \\"
+
+
+def test_the_missing_note_names_the_missing_runs_per_seed():
+    """A reader told that runs are missing learns which: each seed's missing runs by name, not only a count."""
+    from lib import report
+    assert report.missing_note([]) == "All runs of the grid are here."
+    missing = [f"cifar10-{w}-s{s}-cpu-0123456789" for s in (1, 2)
+               for w in ("awp-linf8-gamma0.01", "trades-linf8-beta6", "asam-rho0.5")]
+    note = report.missing_note(missing)
+    assert note.startswith("6 runs of the grid are not here yet: seed 1 (3 runs: awp-linf8-gamma0.01, ")
+    assert "seed 2 (3 runs: awp-linf8-gamma0.01, trades-linf8-beta6, asam-rho0.5)" in note
+    many = report.missing_note([f"cifar10-sam-rho0.{i}-s1-cpu-0123456789" for i in range(10)])
+    assert many == "10 runs of the grid are not here yet: seed 1 (10 runs)."
