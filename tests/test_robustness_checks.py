@@ -163,16 +163,24 @@ def test_undefended_model_is_broken_at_8_over_255(trained, test_batch):
     8/255 leaves at most a quarter of the clean accuracy; the much stronger attack breaks at most 1%
     of the images more (what is left is margin, not a weak attack); and at 16/255 PGD-20 leaves
     <= 1 %, as the field's check asks. A weak or broken attack fails all three.
+
+    The strong attack runs only on the images PGD-20 left unbroken: "broken by PGD-100 but not by
+    PGD-20" can only happen there, and the model is in eval mode (each image's attack is independent
+    of the others in the batch), so this is the same check as over the whole batch, with other random
+    starts, at about a tenth of the cost.
     """
     x, y = test_batch
     kw = dict(eps=8 / 255, norm="linf", generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         clean = 100.0 * (trained(x).argmax(1) == y).float().mean().item()
         ok20 = trained(pgd(trained, x, y, alpha=2 / 255, steps=20, **kw)).argmax(1) == y
-        ok100 = trained(pgd(trained, x, y, alpha=1 / 255, steps=100, restarts=5, **kw)).argmax(1) == y
     assert clean >= 25.0                                          # a trained model, so the check means something
     assert 100.0 * ok20.float().mean().item() <= clean / 4
-    assert 100.0 * (ok20 & ~ok100).float().mean().item() <= 1.0
+    left, yl = x[ok20], y[ok20]
+    if len(yl):                                                   # nothing left: the strong attack has nothing to add
+        with torch.no_grad():
+            ok100 = trained(pgd(trained, left, yl, alpha=1 / 255, steps=100, restarts=5, **kw)).argmax(1) == yl
+        assert 100.0 * (~ok100).sum().item() / len(y) <= 1.0
     assert robust(trained, x, y, eps=16 / 255, alpha=4 / 255, steps=20, norm="linf") <= 1.0
 
 
