@@ -12,6 +12,7 @@ import logging
 import sys
 from fractions import Fraction
 
+from . import paths
 from .config import PROFILES, grid as make_grid, make_config, profile as get_profile
 from .data import DATASETS, SOURCES
 from .errors import SambookError
@@ -25,6 +26,10 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
+
+
+DATA_ROOT_HELP = ("data folder (default $SAMBOOK_DATA, else <repo>/data, else ../shared/data; "
+                  "--download writes into $SAMBOOK_DATA or <repo>/data, never into ../shared/data)")
 
 def fraction(text: str) -> float:
     """Parse '8/255', '0.03' or '1e-2' as a float."""
@@ -73,7 +78,7 @@ def _add_data(p, profile_default="smoke", auto=False):
     p.add_argument("--dataset", default="cifar10", type=_choice("dataset", DATASETS),
                    help=f"one of {', '.join(DATASETS)} (default cifar10)")
     p.add_argument("--data-root", default=None,
-                   help="data folder (default $SAMBOOK_DATA, else <repo>/data, else ../shared/data)")
+                   help=DATA_ROOT_HELP)
     p.add_argument("--download", action="store_true", help="download the official files if missing (internet)")
 
 
@@ -176,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unpack a session's gpu-session.tar.gz into outputs/ (runs, bench, provenance) to commit")
     g.add_argument("--dry-run", action="store_true", help="the same code path on the CPU, smoke profile")
     g.add_argument("--data-root", default=None,
-                   help="data folder (default $SAMBOOK_DATA, else <repo>/data, else ../shared/data)")
+                   help=DATA_ROOT_HELP)
 
     c = sub.add_parser("check-data", help="say which data a profile would use, or fail with the data error")
     _add_data(c, profile_default="auto", auto=True)
@@ -413,6 +418,8 @@ def main(argv=None) -> int:
     args = parse(ap, argv)
     if isinstance(args, int):
         return args
+    if getattr(args, "download", False) and getattr(args, "data_root", None) is None:
+        args.data_root = str(paths.download_root())   # a download never lands in the shared folder beside
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
     def command() -> int:

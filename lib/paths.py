@@ -1,7 +1,8 @@
 """Where things live. Every location can be overridden by an argument or an environment variable.
 
 - ``SAMBOOK_DATA``: the data root (see :mod:`lib.data`). Default: ``<repo>/data``, or
-  ``<repo>/../shared/data`` when only that one exists (a checkout with the shared data beside it).
+  ``<repo>/../shared/data`` when only that one exists (a checkout with the shared data beside it);
+  a download goes to ``$SAMBOOK_DATA`` or ``<repo>/data``, never there.
 - ``SAMBOOK_OUTPUTS``: where runs, figures, tables and notebooks go. Default: ``<repo>/outputs``.
 """
 from __future__ import annotations
@@ -28,6 +29,13 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if not own.exists() and beside.is_dir():
         return beside.resolve()
     return own
+
+
+def download_root() -> Path:
+    """Where ``--download`` puts the official files: ``$SAMBOOK_DATA``, else ``<repo>/data`` (never the
+    shared folder beside the checkout that :func:`data_root` falls back to for reading)."""
+    env = os.environ.get("SAMBOOK_DATA")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
 
 
 def outputs_root(root: str | os.PathLike | None = None) -> Path:

@@ -36,3 +36,25 @@ def test_sambook_data_and_the_argument_win_over_the_default(tmp_path, monkeypatc
     monkeypatch.setenv("SAMBOOK_DATA", str(tmp_path / "elsewhere"))
     assert paths.data_root() == (tmp_path / "elsewhere").resolve()
     assert paths.data_root(tmp_path / "arg") == (tmp_path / "arg").resolve()
+
+
+def test_a_download_never_lands_in_the_shared_data_beside_the_checkout(tmp_path, monkeypatch):
+    repo = _layout(tmp_path, monkeypatch, own=False, beside=True)
+    assert paths.download_root() == repo / "data"            # reading would use ../shared/data
+    monkeypatch.setenv("SAMBOOK_DATA", str(tmp_path / "mine"))
+    assert paths.download_root() == (tmp_path / "mine").resolve()
+
+
+def test_the_cli_sends_a_download_to_the_checkouts_data_folder(tmp_path, monkeypatch):
+    """`check-data --download` without --data-root asks find_source for <repo>/data, not the shared copy."""
+    from lib import cli
+    repo = _layout(tmp_path, monkeypatch, own=False, beside=True)
+    seen = {}
+
+    def fake_find_source(dataset, root, sources, download):
+        seen.update(root=root, download=download)
+        return "official", repo / "data" / "cifar-10-batches-py"
+    import lib.data
+    monkeypatch.setattr(lib.data, "find_source", fake_find_source)
+    assert cli.main(["check-data", "--profile", "smoke", "--download"]) == 0
+    assert seen == {"root": str(repo / "data"), "download": True}
