@@ -62,8 +62,9 @@ PROFILES = {
     "smoke": Profile("smoke", width=8, epochs=3, train_per_class=200, test_per_class=20,
                      sources=("npz", "official", "imagefolder"), seeds=(0,), max_train_attack_steps=2,
                      precision="fp32", cpu_threads=1, curve_images=100, curve_steps=5,
-                     # the subset protocols on 20 images: on 50 they were a third of a smoke run's time
-                     # (strong and apgd-ce 336 s of 20 runs' 1,000 s), which CI pays twice (test, test-isa)
+                     # the subset protocols on 20 images: on 50, strong and apgd-ce took 336 s of the 20
+                     # smoke runs' 1,000 s, on 20 they take 219 s (fixed per-iteration costs dominate);
+                     # CI pays it twice (make test, make test-isa)
                      protocols=(("paper", None, None), ("converged", None, None), ("strong", 20, None),
                                 ("apgd-ce", 20, None), ("linf8", None, None)),
                      description="CPU in minutes; tiny network and data; numbers show only that the code runs"),
