@@ -27,9 +27,9 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-
 DATA_ROOT_HELP = ("data folder (default $SAMBOOK_DATA, else <repo>/data, else ../shared/data; "
                   "--download writes into $SAMBOOK_DATA or <repo>/data, never into ../shared/data)")
+
 
 def fraction(text: str) -> float:
     """Parse '8/255', '0.03' or '1e-2' as a float."""
@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     if isinstance(args, int):
         return args
     if getattr(args, "download", False) and getattr(args, "data_root", None) is None:
-        args.data_root = str(paths.download_root())   # a download never lands in the shared folder beside
+        args.data_root = str(paths.download_root())   # never into the shared folder data_root() reads
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
     def command() -> int:

@@ -34,8 +34,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 def download_root() -> Path:
     """Where ``--download`` puts the official files: ``$SAMBOOK_DATA``, else ``<repo>/data`` (never the
     shared folder beside the checkout that :func:`data_root` falls back to for reading)."""
-    env = os.environ.get("SAMBOOK_DATA")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
+    return data_root() if os.environ.get("SAMBOOK_DATA") else REPO_ROOT / "data"
 
 
 def outputs_root(root: str | os.PathLike | None = None) -> Path:
