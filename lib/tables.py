@@ -257,6 +257,47 @@ def _fmt(ci) -> str:
     return f"{m:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo == lo else " (1 seed)")
 
 
+VERSUS_COLUMNS = ["method", "column", "mean", "95% low", "95% high", "seeds", "reading"]
+
+
+def versus(df, base_label: str, columns: dict) -> "pd.DataFrame":
+    """Every other label minus ``base_label``, paired by seed, per column (``columns`` maps a frame key to
+    its title): the mean difference in points, its 95 % t-interval, the seeds both runs have a value
+    for, and the reading: ``higher`` or ``lower`` when the interval excludes 0, else ``not resolved``
+    (always so with one seed). Labels in the order of first appearance; a missing value (a protocol not
+    run at some seed) drops that seed from that column only."""
+    import pandas as pd
+    rows = []
+    for label in dict.fromkeys(df["label"]):
+        if label == base_label:
+            continue
+        for key, title in columns.items():
+            if key not in df:
+                continue
+            ci = mean_ci(paired(df, label, base_label, key))
+            if ci[3] == 0:
+                continue
+            v = verdict([ci], +1)
+            rows.append(dict(zip(VERSUS_COLUMNS, [label, title, *ci[:3], ci[3], {"holds": "higher",
+                        "does not hold": "lower"}.get(v, "not resolved")])))
+    return pd.DataFrame(rows, columns=VERSUS_COLUMNS)
+
+
+def versus_table(long):
+    """:func:`versus`'s rows as a reader's table: one row per method, one column per measure, each cell the
+    mean difference with its interval ("+6.5 [+3.1, +9.9]", or "+6.5 (1 seed)"), and the seeds."""
+    import pandas as pd
+    if long.empty:
+        return pd.DataFrame(index=pd.Index([], name="method"))
+    cells = long.assign(cell=[_fmt((m, lo, hi, n)) for m, lo, hi, n in
+                              long[["mean", "95% low", "95% high", "seeds"]].itertuples(index=False)])
+    wide = cells.pivot(index="method", columns="column", values="cell")
+    wide = wide.loc[list(dict.fromkeys(long["method"])), list(dict.fromkeys(long["column"]))]
+    wide["seeds"] = cells.groupby("method")["seeds"].max().loc[wide.index].astype(int)
+    wide.columns.name = None
+    return wide
+
+
 def sam_vs_st(df, column_prefix: str = "paper") -> list[dict]:
     """Paired SAM minus ST differences with 95 % intervals, per rho and per column (clean and every budget)."""
     rows = []

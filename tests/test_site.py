@@ -137,9 +137,11 @@ def test_first_page_and_chapter_4_in_a_real_browser(which, request):
 
 
 def test_cpu_chapter_5_sets_the_committed_methods_beside_at_8(cpu_site):
-    """Chapter 5 of the cpu book shows every committed seed-0 run of chapter 5's grid and, beside them,
+    """Chapter 5 of the cpu book shows every committed run of chapter 5's grid and, beside them,
     AT L-inf 8/255 (a run of the paper's grid, which the cpu book reads but does not train): the rows
-    of its table are exactly those committed runs, with the PGD-20 column filled from their evaluations."""
+    of its table are exactly those committed runs, each the mean over as many seeds as are committed,
+    with the PGD-20 column filled from their evaluations; its comparison with AT L-inf 8/255 pairs
+    each method with AT at the seeds both have."""
     import pandas as pd
     from lib import runs
     from lib.config import grid
@@ -154,6 +156,14 @@ def test_cpu_chapter_5_sets_the_committed_methods_beside_at_8(cpu_site):
     assert set(table.index) == expected and len(table) == len(expected), list(table.index)
     pgd20 = table["L-inf 8/255 (PGD-20)"]
     assert pgd20.notna().all() and ((pgd20 >= 0) & (pgd20 <= 100)).all()
+    everything = [r for r in runs.finished_runs(grid("beyond", "cpu") + grid("paper", "cpu"),
+                                                runs_root=paths.committed_runs_root()) if r is not None]
+    for label in expected:
+        assert table.loc[label, "seeds"] == sum(r.config.label == label for r in everything), label
+    assert (table["PGD-20 seeds"] >= 1).all() and (table["PGD-20 seeds"] <= table["seeds"]).all()
+    versus = pd.read_csv(out / "tables" / "05_versus_at8_cpu.csv", index_col=0)
+    assert set(versus.index) == expected - {"AT L-inf 8/255"}
+    assert (versus["seeds"] <= table.loc["AT L-inf 8/255", "seeds"]).all() and (versus["seeds"] >= 1).all()
 
 
 def test_cpu_table_2_shows_every_committed_run_of_the_paper_grid(cpu_site):

@@ -130,3 +130,28 @@ def test_the_missing_note_names_the_missing_runs_per_seed():
     assert "seed 2 (3 runs: awp-linf8-gamma0.01, trades-linf8-beta6, asam-rho0.5)" in note
     many = report.missing_note([f"cifar10-sam-rho0.{i}-s1-cpu-0123456789" for i in range(10)])
     assert many == "10 runs of the grid are not here yet: seed 1 (10 runs)."
+
+
+def test_versus_pairs_by_seed_and_reads_only_what_the_interval_resolves():
+    """Chapter 5's comparison with AT L-inf 8/255: each method minus the base at the same seed. A clear
+    gain over three seeds reads "higher", a clear loss "lower", an effect inside the noise and any single
+    seed "not resolved"; a seed where one side lacks the value drops out of that column only."""
+    rows = []
+    for s, w in zip((0, 1, 2), (-0.4, 0.1, 0.3)):
+        rows += [{"label": "AT", "seed": s, "natural": 50 + w, "pgd20": 35 + w},
+                 {"label": "TRADES", "seed": s, "natural": 56 + w + 0.1 * s, "pgd20": 35.2 - w},
+                 {"label": "AWP", "seed": s, "natural": 47 + w - 0.1 * s, "pgd20": 35 + w if s < 2 else float("nan")}]
+    df = pd.DataFrame(rows)
+    v = tables.versus(df, "AT", {"natural": "clean", "pgd20": "PGD-20"}).set_index(["method", "column"])
+    assert list(v.index.get_level_values(0).unique()) == ["TRADES", "AWP"]
+    assert v.loc[("TRADES", "clean"), "mean"] == pytest.approx(6.1) and v.loc[("TRADES", "clean"), "reading"] == "higher"
+    assert v.loc[("AWP", "clean"), "reading"] == "lower" and v.loc[("AWP", "clean"), "seeds"] == 3
+    assert v.loc[("TRADES", "PGD-20"), "reading"] == "not resolved"        # +0.2 with a wobble of +-0.7
+    assert v.loc[("AWP", "PGD-20"), "seeds"] == 2 and v.loc[("AWP", "PGD-20"), "mean"] == pytest.approx(0.0)
+    one = tables.versus(df[df["seed"] == 0], "AT", {"natural": "clean"})
+    assert set(one["reading"]) == {"not resolved"} and one["95% low"].isna().all()
+    wide = tables.versus_table(tables.versus(df, "AT", {"natural": "clean", "pgd20": "PGD-20"}))
+    assert list(wide.columns) == ["clean", "PGD-20", "seeds"] and list(wide.index) == ["TRADES", "AWP"]
+    assert wide.loc["TRADES", "clean"].startswith("+6.1 [") and wide.loc["TRADES", "seeds"] == 3
+    assert tables.versus_table(tables.versus(df[df["seed"] == 0], "AT", {"natural": "clean"})).loc["AWP", "clean"] \
+        == "-3.0 (1 seed)"
