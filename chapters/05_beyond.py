@@ -69,8 +69,10 @@ print(report.ran_on(results))
 # The first five columns are the paper's protocol (PGD-10, random start, the published steps). The
 # sixth attacks every model at L-inf 8/255 with PGD-20, the budget the adversarial methods were
 # trained for and the one AWP's paper reports (the `linf8` protocol). Each cell is the mean over the
-# seeds the model has (`seeds`); the PGD-20 column over those evaluated with it (`PGD-20 seeds`: the
-# `cpu` profile runs it on the chapter's methods and, for the other models, on seed 0).
+# seeds the model has (`seeds`); the PGD-20 column over those evaluated with it (`PGD-20 seeds`). The
+# `cpu` profile now runs PGD-20 on every run as it finishes; earlier it ran on seed 0 only, and the
+# runs whose weights were gone before their PGD-20 could be added have none (weights are never
+# committed, so an evaluation can only be added on the machine that trained the run).
 
 # %% tags=["nbval-ignore-output"]
 df = tables.results_frame(results)
@@ -116,8 +118,8 @@ plt.show()
 #
 # Each method minus AT L-inf 8/255 trained with the same seed, in points, with the 95 % t-interval
 # over the seeds both have. A difference is read as higher or lower only where its interval
-# excludes 0; with two seeds the t-quantile is 12.7, so only a difference far larger than its
-# spread between seeds is resolved, and with one seed none is.
+# excludes 0. The t-quantile is 12.7 with two seeds and 4.3 with three, so with two only a difference
+# far larger than its spread between seeds is resolved, and with one seed none is.
 
 # %% tags=["nbval-ignore-output"]
 versus = tables.versus(df, "AT L-inf 8/255", {k: columns[k] for k in ("natural", "paper_linf_2", "linf8_linf_8")})
