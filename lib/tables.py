@@ -213,13 +213,15 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def mean_ci(values) -> tuple[float, float, float, int]:
-    """(mean, lower, upper, n): the mean and its 95 % t-interval; the interval is NaN with one value."""
+    """(mean, lower, upper, n): the mean and its 95 % t-interval. The interval is NaN with one value, and
+    also when the values are all equal (up to float rounding): a sample spread of zero is no estimate of
+    the noise, and a zero-width interval would read any difference as resolved."""
     v = np.asarray([x for x in values if x == x], dtype=float)
     n = len(v)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
     m = float(v.mean())
-    if n < 2:
+    if n < 2 or float(np.ptp(v)) <= 1e-9 * max(1.0, float(np.abs(v).max())):
         return m, math.nan, math.nan, n
     half = T975.get(n - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(n)
     return m, m - half, m + half, n
@@ -254,7 +256,9 @@ def verdict(intervals, direction: int = +1, margin: float = 0.0) -> str:
 
 def _fmt(ci) -> str:
     m, lo, hi, n = ci
-    return f"{m:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo == lo else " (1 seed)")
+    if lo == lo:
+        return f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+    return f"{m:+.1f} (1 seed)" if n < 2 else f"{m:+.1f} ({n} seeds, no spread)"
 
 
 VERSUS_COLUMNS = ["method", "column", "mean", "95% low", "95% high", "seeds", "reading"]
@@ -264,7 +268,7 @@ def versus(df, base_label: str, columns: dict) -> "pd.DataFrame":
     """Every other label minus ``base_label``, paired by seed, per column (``columns`` maps a frame key to
     its title): the mean difference in points, its 95 % t-interval, the seeds both runs have a value
     for, and the reading: ``higher`` or ``lower`` when the interval excludes 0, else ``not resolved``
-    (always so with one seed). Labels in the order of first appearance; a missing value (a protocol not
+    (always so with one seed, and with seeds whose differences are all equal: no spread, no interval). Labels in the order of first appearance; a missing value (a protocol not
     run at some seed) drops that seed from that column only."""
     import pandas as pd
     rows = []

@@ -21,13 +21,14 @@ def _frame(seeds, sam_gain=2.0, at_clean_cost=8.0, noise=0.3, sam_rhos=(0.05, 0.
     for s in seeds:
         w = noise * ((s * 7919) % 5 - 2) / 2          # deterministic, different per seed, shared by all runs
         v = noise * ((s * 104729) % 7 - 3) / 3        # SAM's own wobble: paired differences do not cancel it
+        u = noise * ((s * 31) % 3 - 1) / 2            # AT's own (real runs never differ by the same amount twice)
         rows.append({"label": "ST", "seed": s, "rho": None, "natural": 80 + w, "train_seconds": 100 + s,
                      **{f"paper_{t}": 40 + w for t in THREAT_NAMES}})
         for r in sam_rhos:
-            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 80 - 0.1 + w,
-                         "train_seconds": 200 + s, **{f"paper_{t}": 40 + sam_gain * (1 + r) + w + v for t in THREAT_NAMES}})
+            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 80 - 0.1 + w + v / 10,
+                         "train_seconds": 200 + s, **{f"paper_{t}": 40 + sam_gain * (1 + r * (1 + v / 10)) + w + v for t in THREAT_NAMES}})
         for lab in ("AT L-inf 1/255", "AT L-inf 2/255"):
-            rows.append({"label": lab, "seed": s, "rho": None, "natural": 80 - at_clean_cost + w,
+            rows.append({"label": lab, "seed": s, "rho": None, "natural": 80 - at_clean_cost + w + u,
                          "train_seconds": 600 + s, **{f"paper_{t}": 55 + w for t in THREAT_NAMES}})
     return pd.DataFrame(rows)
 
@@ -155,3 +156,19 @@ def test_versus_pairs_by_seed_and_reads_only_what_the_interval_resolves():
     assert wide.loc["TRADES", "clean"].startswith("+6.1 [") and wide.loc["TRADES", "seeds"] == 3
     assert tables.versus_table(tables.versus(df[df["seed"] == 0], "AT", {"natural": "clean"})).loc["AWP", "clean"] \
         == "-3.0 (1 seed)"
+
+
+def test_identical_paired_differences_are_not_an_interval_of_width_zero():
+    """Two or more seeds whose differences are equal (AWP minus AT at PGD-20 gave -1.6 at both seeds on
+    500 images) have a sample spread of zero: a t-interval of zero width would read a 1.6-point gap as
+    resolved on two draws of a measurement whose binomial error is about 2 points. No spread estimate, no
+    interval: the reading stays "not resolved" and the cell says why."""
+    rows = [{"label": lab, "seed": s, "pgd20": v} for s in (0, 1) for lab, v in (("AT", 35.4 - s), ("AWP", 33.8 - s))]
+    v = tables.versus(pd.DataFrame(rows), "AT", {"pgd20": "PGD-20"}).set_index(["method", "column"])
+    assert v.loc[("AWP", "PGD-20"), "mean"] == pytest.approx(-1.6) and v.loc[("AWP", "PGD-20"), "seeds"] == 2
+    assert v.loc[("AWP", "PGD-20"), "reading"] == "not resolved" and math.isnan(v.loc[("AWP", "PGD-20"), "95% low"])
+    wide = tables.versus_table(tables.versus(pd.DataFrame(rows), "AT", {"pgd20": "PGD-20"}))
+    assert wide.loc["AWP", "PGD-20"] == "-1.6 (2 seeds, no spread)"
+    m, lo, hi, n = tables.mean_ci([2.0, 2.0, 2.0])
+    assert (m, n) == (2.0, 3) and math.isnan(lo) and math.isnan(hi)
+    assert tables.verdict([tables.mean_ci([2.0, 2.0])], +1) == "not resolved at this scale"
