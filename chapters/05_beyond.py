@@ -119,7 +119,9 @@ plt.show()
 # Each method minus AT L-inf 8/255 trained with the same seed, in points, with the 95 % t-interval
 # over the seeds both have. A difference is read as higher or lower only where its interval
 # excludes 0. The t-quantile is 12.7 with two seeds and 4.3 with three, so with two only a difference
-# far larger than its spread between seeds is resolved, and with one seed none is.
+# far larger than its spread between seeds is resolved, and with one seed none is. Seeds whose
+# differences are all equal have a spread of zero, which estimates no noise at all: such a cell says
+# "no spread" and is not read as resolved.
 
 # %% tags=["nbval-ignore-output"]
 versus = tables.versus(df, "AT L-inf 8/255", {k: columns[k] for k in ("natural", "paper_linf_2", "linf8_linf_8")})

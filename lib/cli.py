@@ -194,7 +194,7 @@ def list_methods() -> str:
 
 def list_protocols() -> str:
     from .protocols import PROTOCOLS
-    return "\n".join(f"{p.name:11s} {p.title}: {p.doc}" for p in PROTOCOLS.values())
+    return "\n".join(f"{p.name:16s} {p.title}: {p.doc}" for p in PROTOCOLS.values())
 
 
 def _hparams(items) -> dict:

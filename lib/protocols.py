@@ -21,6 +21,7 @@ Protocols (``PROTOCOLS``; each has its ``doc``):
 - ``autoattack``: standard AutoAttack (Croce & Hein 2020; the optional extra) at the same budgets,
   on a subset by default; ``apgd-ce``: its first attack alone (the smoke profile's cheap check).
 - ``linf8``: PGD-20, L-inf 8/255, step 2/255: the evaluation of AWP's paper (chapter 5).
+- ``autoattack-linf8``: standard AutoAttack at L-inf 8/255, the check of ``linf8`` (on request).
 """
 from __future__ import annotations
 
@@ -148,6 +149,11 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "PGD-20 at L-inf 8/255 with step 2/255 and a random start, the last iterate: the evaluation "
              "Wu, Xia and Wang (2020) report for AWP, used in chapter 5 for the methods trained at 8/255.",
              attacks=(Attack("pgd", 20, linf_div=4, l2_div=4),), threats=(("linf", 8 / 255),)),
+    Protocol("autoattack-linf8", "AutoAttack (standard), L-inf 8/255",
+             "Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) at L-inf 8/255, the budget chapter 5's "
+             "adversarial methods train at and the one RobustBench ranks them by: the reference check of the "
+             "linf8 protocol's PGD-20 on the same images. On request (not in a profile's list): a subset.",
+             attacks=(Attack("autoattack", version="standard"),), threats=(("linf", 8 / 255),), n=200),
 )}
 
 

@@ -157,7 +157,7 @@ def test_list_commands(capsys):
                                                             "arow"]
     assert main(["list-protocols"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == \
-        ["paper", "converged", "strong", "autoattack", "apgd-ce", "linf8"]
+        ["paper", "converged", "strong", "autoattack", "apgd-ce", "linf8", "autoattack-linf8"]
 
 
 def test_train_command_prints_metrics_and_evaluations(tmp_path, capsys):

@@ -26,7 +26,7 @@ def run(tmp_path_factory):
 
 def test_the_protocols_are_what_their_docs_say():
     p = protocols.PROTOCOLS
-    assert set(p) == {"paper", "converged", "strong", "autoattack", "apgd-ce", "linf8"}
+    assert set(p) == {"paper", "converged", "strong", "autoattack", "apgd-ce", "linf8", "autoattack-linf8"}
     for proto in p.values():
         assert proto.doc and proto.title
     # the paper's steps: L-inf eps/4, L2 eps/8, PGD-10, one random start, the last iterate
@@ -40,6 +40,7 @@ def test_the_protocols_are_what_their_docs_say():
     assert sum(x.restarts for x in s) >= 3
     assert p["autoattack"].attacks[0].version == "standard"
     assert p["linf8"].threats == (("linf", 8 / 255),)
+    assert p["autoattack-linf8"].threats == p["linf8"].threats and p["autoattack-linf8"].attacks[0].version == "standard"
     # the digest ignores prose, not settings
     assert len({q.digest() for q in p.values()}) == len(p)
 
