@@ -185,7 +185,7 @@ def flat_comparison(table):
     return flat.dropna(axis=1, how="all")
 
 
-PROTOCOL_ORDER = ["paper", "converged", "strong", "apgd-ce", "autoattack"]
+PROTOCOL_ORDER = ["paper", "converged", "strong", "linf8", "apgd-ce", "autoattack", "autoattack-linf8"]
 
 
 def protocol_table(df, threat: str):
@@ -204,6 +204,24 @@ def protocol_table(df, threat: str):
         mean["images"] = mean["images"].round().astype(int)
     mean.index.name = f"{threat_label(threat)}"
     return mean
+
+
+AUTOATTACK_CHECKS = (("linf_2", "paper", ("autoattack", "apgd-ce")), ("linf_8", "linf8", ("autoattack-linf8",)))
+
+
+def autoattack_check(df, threat: str, pgd: str, names, flag_above: float = 3.0):
+    """A PGD protocol against AutoAttack at ``threat``, on the runs AutoAttack ran on and the images both
+    covered: :func:`protocol_table` over those runs, the gap ``pgd`` minus AutoAttack (the first of ``names``
+    that ran) and a flag where the gap exceeds ``flag_above`` points. None when no AutoAttack ran."""
+    aa = next((a for a in names if f"common{a}_{threat}" in df and df[f"common{a}_{threat}"].notna().any()), None)
+    if aa is None:
+        return None
+    pt = protocol_table(df[df[f"common{aa}_{threat}"].notna()], threat)
+    pt = pt.dropna(axis=1, how="all")
+    pt[f"gap ({pgd} - {aa})"] = pt[pgd] - pt[aa]
+    pt["flag"] = ["PGD too weak" if g > flag_above else "" for g in pt[f"gap ({pgd} - {aa})"]]
+    pt.attrs["autoattack"] = aa
+    return pt
 
 
 # --------------------------------------------------------------------------------------------------

@@ -172,3 +172,23 @@ def test_identical_paired_differences_are_not_an_interval_of_width_zero():
     m, lo, hi, n = tables.mean_ci([2.0, 2.0, 2.0])
     assert (m, n) == (2.0, 3) and math.isnan(lo) and math.isnan(hi)
     assert tables.verdict([tables.mean_ci([2.0, 2.0])], +1) == "not resolved at this scale"
+
+
+def test_autoattack_check_compares_pgd_and_autoattack_on_the_runs_and_images_both_covered():
+    """Only the runs AutoAttack ran on enter (TRADES at seed 1 had PGD-20 on 500 images but no AutoAttack:
+    its 40.0 must not pull the mean); the gap is PGD minus AutoAttack; a gap over 3 points is flagged."""
+    nan = float("nan")
+    rows = [{"label": "TRADES", "seed": 0, "commonlinf8_linf_8": 36.0, "commonautoattack-linf8_linf_8": 32.0,
+             "commonworst_linf_8": 31.5, "ncommon_linf_8": 200},
+            {"label": "TRADES", "seed": 1, "commonlinf8_linf_8": 40.0, "commonautoattack-linf8_linf_8": nan,
+             "commonworst_linf_8": 40.0, "ncommon_linf_8": 500},
+            {"label": "AWP", "seed": 0, "commonlinf8_linf_8": 34.0, "commonautoattack-linf8_linf_8": 33.0,
+             "commonworst_linf_8": 33.0, "ncommon_linf_8": 200},
+            {"label": "AT", "seed": 0, "commonlinf8_linf_8": 35.0, "commonautoattack-linf8_linf_8": nan,
+             "commonworst_linf_8": 35.0, "ncommon_linf_8": 500}]
+    pt = tables.autoattack_check(pd.DataFrame(rows), "linf_8", "linf8", ("autoattack-linf8",))
+    assert list(pt.index) == ["TRADES", "AWP"] and pt.attrs["autoattack"] == "autoattack-linf8"
+    assert pt.loc["TRADES", "linf8"] == 36.0 and pt.loc["TRADES", "images"] == 200 and pt.loc["TRADES", "seeds"] == 1
+    assert pt.loc["TRADES", "gap (linf8 - autoattack-linf8)"] == pytest.approx(4.0)
+    assert list(pt["flag"]) == ["PGD too weak", ""]
+    assert tables.autoattack_check(pd.DataFrame(rows), "linf_2", "paper", ("autoattack", "apgd-ce")) is None
