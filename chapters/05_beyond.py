@@ -72,7 +72,10 @@ print(report.ran_on(results))
 # seeds the model has (`seeds`); the PGD-20 column over those evaluated with it (`PGD-20 seeds`). The
 # `cpu` profile now runs PGD-20 on every run as it finishes; earlier it ran on seed 0 only, and the
 # runs whose weights were gone before their PGD-20 could be added have none (weights are never
-# committed, so an evaluation can only be added on the machine that trained the run).
+# committed, so an evaluation can only be added where the run's weights exist). Training is
+# deterministic on a given kind of CPU: seed 1's AWP, TRADES, ARoW and ASAM, trained again at the same
+# code fingerprint on the same kind of processor, came out bit for bit the same (the same weight
+# hash, every earlier evaluation identical per example), so their PGD-20 was added from those weights.
 
 # %% tags=["nbval-ignore-output"]
 df = tables.results_frame(results)
