@@ -194,7 +194,8 @@ def list_methods() -> str:
 
 def list_protocols() -> str:
     from .protocols import PROTOCOLS
-    return "\n".join(f"{p.name:16s} {p.title}: {p.doc}" for p in PROTOCOLS.values())
+    width = max(map(len, PROTOCOLS))
+    return "\n".join(f"{p.name:{width}s} {p.title}: {p.doc}" for p in PROTOCOLS.values())
 
 
 def _hparams(items) -> dict:

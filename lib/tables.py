@@ -286,8 +286,9 @@ def versus(df, base_label: str, columns: dict) -> "pd.DataFrame":
     """Every other label minus ``base_label``, paired by seed, per column (``columns`` maps a frame key to
     its title): the mean difference in points, its 95 % t-interval, the seeds both runs have a value
     for, and the reading: ``higher`` or ``lower`` when the interval excludes 0, else ``not resolved``
-    (always so with one seed, and with seeds whose differences are all equal: no spread, no interval). Labels in the order of first appearance; a missing value (a protocol not
-    run at some seed) drops that seed from that column only."""
+    (always so with one seed, and with seeds whose differences are all equal: no spread, no interval).
+    Labels in the order of first appearance; a missing value (a protocol not run at some seed) drops
+    that seed from that column only."""
     import pandas as pd
     rows = []
     for label in dict.fromkeys(df["label"]):

@@ -40,7 +40,8 @@ def test_the_protocols_are_what_their_docs_say():
     assert sum(x.restarts for x in s) >= 3
     assert p["autoattack"].attacks[0].version == "standard"
     assert p["linf8"].threats == (("linf", 8 / 255),)
-    assert p["autoattack-linf8"].threats == p["linf8"].threats and p["autoattack-linf8"].attacks[0].version == "standard"
+    aa8 = p["autoattack-linf8"]
+    assert aa8.threats == p["linf8"].threats and aa8.attacks[0].version == "standard"
     # the digest ignores prose, not settings
     assert len({q.digest() for q in p.values()}) == len(p)
 

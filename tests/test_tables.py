@@ -25,8 +25,9 @@ def _frame(seeds, sam_gain=2.0, at_clean_cost=8.0, noise=0.3, sam_rhos=(0.05, 0.
         rows.append({"label": "ST", "seed": s, "rho": None, "natural": 80 + w, "train_seconds": 100 + s,
                      **{f"paper_{t}": 40 + w for t in THREAT_NAMES}})
         for r in sam_rhos:
+            robust = 40 + sam_gain * (1 + r * (1 + v / 10)) + w + v
             rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 80 - 0.1 + w + v / 10,
-                         "train_seconds": 200 + s, **{f"paper_{t}": 40 + sam_gain * (1 + r * (1 + v / 10)) + w + v for t in THREAT_NAMES}})
+                         "train_seconds": 200 + s, **{f"paper_{t}": robust for t in THREAT_NAMES}})
         for lab in ("AT L-inf 1/255", "AT L-inf 2/255"):
             rows.append({"label": lab, "seed": s, "rho": None, "natural": 80 - at_clean_cost + w + u,
                          "train_seconds": 600 + s, **{f"paper_{t}": 55 + w for t in THREAT_NAMES}})
