@@ -80,7 +80,8 @@ def run_row(result) -> dict:
     Keys: ``label, method, seed, profile, dataset, rho, norm, eps, natural``, then for every protocol
     run ``<protocol>_<threat>`` (e.g. ``paper_linf_1``; ``<protocol>_n`` its image count), and
     ``worst_<threat>``, ``gap_<threat>`` (paper minus worst on the images every protocol covered),
-    ``ncommon_<threat>``; cost: ``train_seconds, passes_per_step, images_per_second``.
+    ``ncommon_<threat>``; cost: ``train_seconds, passes_per_step, images_per_second`` and ``cpu``, the
+    processor that trained the run.
     """
     from .protocols import evaluations, worst_case
     m, c = result.metrics, result.config
@@ -89,7 +90,7 @@ def run_row(result) -> dict:
            "eps": c.eps * 255 if c.spec.adversarial else 0.0, "train_seconds": m.get("train_seconds"),
            "passes_per_step": m.get("passes_per_step"), "images_per_second": m.get("images_per_second"),
            "precision": m.get("precision"), "attack_precision": m.get("attack_precision"),
-           "fingerprint": m.get("fingerprint"), "run": result.path.name}
+           "fingerprint": m.get("fingerprint"), "cpu": m.get("cpu"), "run": result.path.name}
     for rec in evaluations(result):
         p = rec["protocol"]
         row[f"{p}_n"] = rec["n"]
@@ -401,7 +402,9 @@ def check_claims(df) -> list[dict]:
             "needs ST, SAM and AT runs")
     if "ST" in labels and sams and "train_seconds" in df:
         # measured training time relative to ST, paired by seed: SAM's interval inside [1.5, 2.5] (about
-        # 2 passes) and every AT's above SAM's (k + 1 passes, k >= 2); intervals need two or more seeds
+        # 2 passes) and every AT's above SAM's (k + 1 passes, k >= 2); intervals need two or more seeds.
+        # A pair counts only when one kind of processor trained both runs: a time ratio across two
+        # machines measures the machines as much as the methods.
         per_seed = {}
         for l in sams:
             for s, x in _ratios(df, l, "ST", by_seed=True):
@@ -418,15 +421,30 @@ def check_claims(df) -> list[dict]:
         else:
             v4 = "not resolved at this scale"
         add("4. SAM costs about 2 passes per step, PGD-k AT about k + 1 (measured time relative to ST)", v4,
-            f"SAM {_fmt(r_sam)}x; " + ", ".join(f"{l[3:]} {_fmt(v)}x" for l, v in r_at.items()))
+            f"SAM {_fmt_ratio(r_sam)}; " + ", ".join(f"{l[3:]} {_fmt_ratio(v)}" for l, v in r_at.items()) +
+            " (time / ST's, seeds trained on the same processor)")
     return out
 
 
 def _ratios(df, a: str, b: str, by_seed: bool = False) -> list:
-    x = df[df["label"] == a].set_index("seed")["train_seconds"]
-    y = df[df["label"] == b].set_index("seed")["train_seconds"]
-    pairs = [(s, float(x[s] / y[s])) for s in sorted(set(x.index) & set(y.index)) if y[s]]
+    """train_seconds of ``a`` over ``b`` per seed both have, where the same processor (the ``cpu``
+    column, when the frame has one) trained both."""
+    cols = ["train_seconds"] + (["cpu"] if "cpu" in df else [])
+    x = df[df["label"] == a].set_index("seed")[cols]
+    y = df[df["label"] == b].set_index("seed")[cols]
+    same = (lambda s: x.at[s, "cpu"] == y.at[s, "cpu"]) if "cpu" in df else (lambda s: True)
+    pairs = [(s, float(x.at[s, "train_seconds"] / y.at[s, "train_seconds"]))
+             for s in sorted(set(x.index) & set(y.index)) if y.at[s, "train_seconds"] and same(s)]
     return pairs if by_seed else [r for _, r in pairs]
+
+
+def _fmt_ratio(ci) -> str:
+    m, lo, hi, n = ci
+    if m != m:
+        return "no pair"
+    if lo == lo:
+        return f"{m:.1f}x [{lo:.1f}, {hi:.1f}]"
+    return f"{m:.1f}x (1 seed)" if n < 2 else f"{m:.1f}x ({n} seeds, no spread)"
 
 
 def welch_ci(a, b) -> tuple[float, float, float]:

@@ -6,6 +6,7 @@ A verdict must follow from the intervals and nothing else: with one seed it is n
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -48,6 +49,25 @@ def test_a_clear_effect_over_three_seeds_holds():
     assert v["1a"] == "holds" and v["1b"] == "holds" and v["2"] == "holds"
     assert v["3a"] == "holds" and v["3b"] == "holds" and v["3c"] == "holds"
     assert v["4"] == "holds"                         # SAM 2x ST, AT 6x
+
+
+def test_time_ratios_pair_only_runs_of_one_processor():
+    # seed 0's AT runs on another machine, twice as slow: counted, they would be SAM-like ratios of 12x
+    # beside 6x and widen the interval; claim 4 must pair only runs that one processor trained
+    df = _frame([0, 1, 2])
+    df["cpu"] = "AMD EPYC"
+    other = (df["seed"] == 0) & df["label"].str.startswith("AT")
+    df.loc[other, "cpu"] = "Intel Xeon"
+    df.loc[other, "train_seconds"] *= 2
+    assert [s for s, _ in tables._ratios(df, "AT L-inf 1/255", "ST", by_seed=True)] == [1, 2]
+    assert [s for s, _ in tables._ratios(df, "SAM rho=0.1", "ST", by_seed=True)] == [0, 1, 2]
+    claim = next(c for c in tables.check_claims(df) if c["claim"].startswith("4."))
+    assert claim["verdict"] == "holds", claim           # 6x on seeds 1 and 2, the same-machine pairs
+    at_ratios = [float(x) for x in re.findall(r"/255 ([0-9.]+)x", claim["evidence"])]
+    assert len(at_ratios) == 2 and all(5.5 < r < 6.5 for r in at_ratios), claim["evidence"]
+    df.loc[df["label"] == "ST", "cpu"] = "Intel Xeon"   # no pair shares a processor: nothing to judge
+    claim = next(c for c in tables.check_claims(df) if c["claim"].startswith("4."))
+    assert claim["verdict"] == "not resolved at this scale" and "no pair" in claim["evidence"]
 
 
 def test_the_opposite_effect_does_not_hold():
