@@ -186,16 +186,10 @@ flat.groupby("method", sort=False)[["random", "worst", "Linf 2/255"]].mean().rou
 
 # %% tags=["nbval-ignore-output"]
 evals = tables.results_frame(base + extra)
-for threat, pgd, names in tables.AUTOATTACK_CHECKS:
-    pt = tables.autoattack_check(evals, threat, pgd, names)
-    if pt is None:
-        print(f"{tables.threat_label(threat)}: AutoAttack not run for these models (the optional extra is not "
-              "installed, or the profile skips it)")
-        continue
-    images = sorted({int(pt["images"].min()), int(pt["images"].max())})
-    print(f"{tables.threat_label(threat)}: AutoAttack ({pt.attrs['autoattack']}) against {pgd} on the first "
-          f"{'-'.join(map(str, images))} test images; flagged: {', '.join(pt.index[pt['flag'] != '']) or 'none'}")
-    display(report.shown(pt, 1))
+for note, pt in tables.autoattack_checks(evals, tables.AUTOATTACK_CHECKS):
+    print(note)
+    if pt is not None:
+        display(report.shown(pt, 1))
 
 # %% [markdown]
 # ## AWP's published numbers beside ours

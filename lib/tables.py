@@ -192,22 +192,34 @@ PROTOCOL_ORDER = ["paper", "converged", "strong", "linf8", "apgd-ce", "autoattac
 def protocol_table(df, threat: str):
     """Per label (mean over seeds): every protocol's accuracy at ``threat`` on the same test images (the
     first ``images`` of the test set, which every protocol run on the model covered), the worst case
-    there, and the paper protocol on the whole test set."""
-    cols = [f"common{p}_{threat}" for p in PROTOCOL_ORDER if f"common{p}_{threat}" in df]
-    cols += [f"commonworst_{threat}", f"ncommon_{threat}", f"paper_{threat}"]
+    there, and the paper protocol on the whole test set.
+
+    A protocol that ran on some of a label's seeds only (AutoAttack on one seed, say) leaves its cell
+    blank: a mean over other seeds than the row's would compare different models. Such a run shows in
+    :func:`autoattack_check`, and its per-example outcome still counts in the worst case. ``images`` is
+    a number when every seed's protocols covered the same images, else the range ("100-200")."""
+    protocols = [f"common{p}_{threat}" for p in PROTOCOL_ORDER if f"common{p}_{threat}" in df]
+    cols = protocols + [f"commonworst_{threat}", f"ncommon_{threat}", f"paper_{threat}"]
     mean, _, n = aggregate(df, cols)
+    counts = df.groupby("label", sort=False)[[c for c in cols if c in df]].count().loc[mean.index]
+    for c in protocols:
+        mean.loc[counts[c] < n, c] = math.nan
+    if f"ncommon_{threat}" in df:
+        g = df.groupby("label", sort=False)[f"ncommon_{threat}"]
+        lo, hi = g.min().loc[mean.index], g.max().loc[mean.index]
+        mean[f"ncommon_{threat}"] = [int(a) if a == b else f"{int(a)}-{int(b)}" for a, b in zip(lo, hi)]
     names = {f"common{p}_{threat}": p for p in PROTOCOL_ORDER}
     names.update({f"commonworst_{threat}": "worst case", f"ncommon_{threat}": "images",
                   f"paper_{threat}": "paper (all test images)"})
     mean = mean.rename(columns=names)
     mean.insert(0, "seeds", n)
-    if "images" in mean:
-        mean["images"] = mean["images"].round().astype(int)
     mean.index.name = f"{threat_label(threat)}"
     return mean
 
 
 AUTOATTACK_CHECKS = (("linf_2", "paper", ("autoattack", "apgd-ce")), ("linf_8", "linf8", ("autoattack-linf8",)))
+# chapter 4: the paper protocol against AutoAttack at each of the table's budgets
+TABLE_AUTOATTACK_CHECKS = tuple((t, "paper", ("autoattack", "apgd-ce")) for t in ROBUST)
 
 
 def autoattack_check(df, threat: str, pgd: str, names, flag_above: float = 3.0):
@@ -223,6 +235,23 @@ def autoattack_check(df, threat: str, pgd: str, names, flag_above: float = 3.0):
     pt["flag"] = ["PGD too weak" if g > flag_above else "" for g in pt[f"gap ({pgd} - {aa})"]]
     pt.attrs["autoattack"] = aa
     return pt
+
+
+def autoattack_checks(df, checks=AUTOATTACK_CHECKS, flag_above: float = 3.0):
+    """:func:`autoattack_check` for each ``(threat, pgd, names)`` of ``checks``: a list of (a one-line
+    note, the table or None where AutoAttack did not run at that threat)."""
+    out = []
+    for threat, pgd, names in checks:
+        pt = autoattack_check(df, threat, pgd, names, flag_above)
+        if pt is None:
+            out.append((f"{threat_label(threat)}: AutoAttack not run for these models (the optional extra is "
+                        "not installed, or the profile skips it)", None))
+            continue
+        images = " or ".join(dict.fromkeys(str(i) for i in pt["images"]))
+        flagged = ", ".join(pt.index[pt["flag"] != ""]) or "none"
+        out.append((f"{threat_label(threat)}: AutoAttack ({pt.attrs['autoattack']}) against {pgd} on the first "
+                    f"{images} test images; flagged (gap over {flag_above:g} points): {flagged}", pt))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

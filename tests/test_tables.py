@@ -213,3 +213,25 @@ def test_autoattack_check_compares_pgd_and_autoattack_on_the_runs_and_images_bot
     assert pt.loc["TRADES", "gap (linf8 - autoattack-linf8)"] == pytest.approx(4.0)
     assert list(pt["flag"]) == ["PGD too weak", ""]
     assert tables.autoattack_check(pd.DataFrame(rows), "linf_2", "paper", ("autoattack", "apgd-ce")) is None
+
+
+def test_protocol_table_never_averages_a_protocol_over_other_seeds_than_its_row():
+    """AutoAttack on seed 1 only: the ST row's autoattack cell would be seed 1's number beside the other
+    protocols' three-seed means. It stays blank there, the images column says the seeds' range, and the
+    AutoAttack check shows seed 1 alone with every column on its images."""
+    nan = float("nan")
+    rows = [{"label": "ST", "seed": s, "commonpaper_linf_1": p, "commonstrong_linf_1": p - 1,
+             "commonautoattack_linf_1": aa, "commonworst_linf_1": p - 1 if aa != aa else min(p - 1, aa),
+             "ncommon_linf_1": 200 if aa != aa else 100, "paper_linf_1": p - 0.5}
+            for s, p, aa in ((0, 26.0, nan), (1, 24.0, 22.0), (2, 25.0, nan))]
+    rows.append({"label": "AT", "seed": 0, "commonpaper_linf_1": 57.5, "commonstrong_linf_1": 57.5,
+                 "commonautoattack_linf_1": 57.5, "commonworst_linf_1": 57.5, "ncommon_linf_1": 40,
+                 "paper_linf_1": 49.9})
+    pt = tables.protocol_table(pd.DataFrame(rows), "linf_1")
+    assert math.isnan(pt.loc["ST", "autoattack"]) and pt.loc["AT", "autoattack"] == 57.5
+    assert pt.loc["ST", "paper"] == pytest.approx(25.0) and pt.loc["ST", "seeds"] == 3
+    assert pt.loc["ST", "worst case"] == pytest.approx((25 + 22 + 24) / 3)     # seed 1's AutoAttack counts
+    assert pt.loc["ST", "images"] == "100-200" and pt.loc["AT", "images"] == 40
+    check = tables.autoattack_check(pd.DataFrame(rows), "linf_1", "paper", ("autoattack",))
+    assert check.loc["ST", "seeds"] == 1 and check.loc["ST", "autoattack"] == 22.0
+    assert check.loc["ST", "paper"] == 24.0 and check.loc["ST", "images"] == 100
