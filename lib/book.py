@@ -134,10 +134,13 @@ def write_expectation(executed: Path, target: Path) -> Path:
 
 
 def _strip_volatile(nb_path: Path) -> None:
-    """Drop papermill's per-cell timestamps from the stored notebook (they change on every run)."""
+    """Drop papermill's per-cell timestamps from the stored notebook (they change on every run), and
+    number the cells instead of jupytext's and papermill's random ids, so that a re-executed chapter
+    differs from the last one only where its content did."""
     import nbformat
     nb = nbformat.read(nb_path, as_version=4)
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{nb_path.name[:2]}-{i:03d}"
         cell.metadata.pop("execution", None)
         pm_meta = cell.metadata.get("papermill")
         if pm_meta:

@@ -87,3 +87,21 @@ def test_expectations_run_the_chapter_as_it_is_now(chapter):
     then = [c.source for c in nb.cells if c.cell_type == "code"
             and "injected-parameters" not in c.metadata.get("tags", [])]
     assert then == now, f"{chapter}: tests/notebooks/ is out of date; run `make expectations`"
+
+
+def test_a_stored_notebook_has_numbered_cell_ids_and_no_timestamps(tmp_path):
+    """Two executions of one chapter store the same bytes where nothing changed: jupytext and papermill
+    give every cell a random id, and papermill stamps times; both are replaced or dropped."""
+    stored = []
+    for k in range(2):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"),
+                                             nbformat.v4.new_code_cell("x = 1")])
+        nb.cells[1].metadata["papermill"] = {"start_time": f"2026-01-0{k + 1}", "duration": k + 0.5}
+        nb.cells[1].metadata["execution"] = {"iopub.status.busy": str(k)}
+        path = tmp_path / str(k) / "04_tables.ipynb"
+        path.parent.mkdir()
+        nbformat.write(nb, path)
+        book._strip_volatile(path)
+        stored.append(path.read_text())
+    assert stored[0] == stored[1]
+    assert [c.id for c in nbformat.reads(stored[0], as_version=4).cells] == ["04-000", "04-001"]
