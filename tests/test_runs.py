@@ -159,3 +159,18 @@ def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
     cfg = make_config("st", "smoke", epochs=1, train_per_class=10, batch_size=50)
     r = runs.run(cfg, runs_root=tmp_path, device="cpu", progress=False)
     assert r.metrics["commit"] == "aaaaaaaaaaaa"
+
+
+def test_weights_that_are_not_the_runs_own_are_refused(tmp_path):
+    """Evaluations are keyed by the weights_sha in metrics.json: other weights put in a run folder (a
+    retraining that came out different) must not be evaluated under that key."""
+    import torch
+    from lib.errors import SambookError
+    cfg = make_config("st", "smoke", epochs=1, train_per_class=12, batch_size=32)
+    r = runs.run(cfg, runs_root=tmp_path, device="cpu", progress=False)
+    assert not runs.load_model(r).training                      # its own weights load
+    sd = torch.load(r.path / runs.MODEL, weights_only=True)
+    sd["conv1.weight"].view(-1)[0] += 1e-3
+    torch.save(sd, r.path / runs.MODEL)
+    with pytest.raises(SambookError, match="not the weights its results were made from"):
+        runs.load_model(runs.load_run(r.path))
