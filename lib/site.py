@@ -55,6 +55,9 @@ mathjax2_config = {{"tex2jax": {{"inlineMath": [["\\\\(", "\\\\)"]], "displayMat
                    # no web fonts: a browser refuses font files (and MathJax's font probe) on a page opened
                    # from disk (file://) as cross-origin requests; the system's Unicode fonts render the math
                    "HTML-CSS": {{"availableFonts": [], "preferredFont": None, "webFont": None, "imageFont": None}},
+                   # ...and HTML-CSS placed with system fonts sets inline math above the baseline: the
+                   # browser's own MathML (Chromium, Firefox, Safari) typesets it on the line instead
+                   "menuSettings": {{"renderer": "NativeMML"}},
                    "messageStyle": "none"}}
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 '''
