@@ -314,8 +314,8 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
     model = runs.load_model(run, dev)
     data = runs.load_data(run.config, data_root, device=dev)
     x, y = (data.x_test, data.y_test) if n is None else (data.x_test[:n], data.y_test[:n])
-    known = {}
-    for rec in evaluations(run):
+    known = {}      # attacks other protocols already ran on these images; --force recomputes everything
+    for rec in ([] if force else evaluations(run)):
         if rec["n"] == len(y) and rec.get("labels_digest") == labels_digest(y):
             for key, a in rec["attacks"].items():
                 known[key] = {"ok": unpack(a["robust"], len(y)), "robust": a["robust"], "acc": a["acc"]}

@@ -84,6 +84,22 @@ def test_a_new_protocol_never_retrains_and_shares_identical_attacks(run, monkeyp
         assert conv["threats"][t]["attacks"][0] != paper["threats"][t]["attacks"][0]
 
 
+def test_force_computes_every_attack_again(run):
+    """--force is for a cached result one no longer trusts: it must not read that result's attacks back
+    (nor other records'). A record whose attack outcome was altered is replaced by the computed one."""
+    paper = protocols.evaluate_run(run, "paper")
+    path = protocols.eval_path(run.path, "paper", None)
+    altered = json.loads(path.read_text())
+    key = altered["threats"]["linf_2"]["attacks"][0]
+    altered["attacks"][key]["robust"] = protocols.pack(np.ones(altered["n"], dtype=bool))
+    altered["attacks"][key]["acc"] = 100.0
+    path.write_text(json.dumps(altered))
+    again = protocols.evaluate_run(run, "paper", force=True)
+    assert not any(a.get("reused") for a in again["attacks"].values())
+    assert again["attacks"][key]["robust"] == paper["attacks"][key]["robust"]      # deterministic per attack key
+    assert again["threats"] == paper["threats"]
+
+
 def test_subset_protocols_and_the_worst_case_union(run):
     paper = protocols.evaluate_run(run, "paper")
     strong = protocols.evaluate_run(run, "strong", n=40)
