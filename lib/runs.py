@@ -298,9 +298,10 @@ def load_model(result: RunResult, device=None):
     recorded = result.metrics.get("weights_sha")
     # the weights a run's results were made from, not others put in its folder (retrained weights of a
     # committed run must be the same bits); runs trained before the digest of tensors carry the file's
-    if recorded and recorded not in (weights_sha(state), hashlib.sha1((result.path / MODEL).read_bytes()).hexdigest()[:16]):
-        raise SambookError(f"{result.path.name}: model.pt (weights {weights_sha(state)}) is not the weights its "
-                           f"results were made from (weights_sha {recorded} in metrics.json)")
+    digest = weights_sha(state) if recorded else None
+    if recorded and recorded != digest and recorded != hashlib.sha1((result.path / MODEL).read_bytes()).hexdigest()[:16]:
+        raise SambookError(f"{result.path.name}: model.pt (weights {digest}) is not the weights its results were "
+                           f"made from (weights_sha {recorded} in metrics.json)")
     model = build_model(c.num_classes, c.width, c.dataset)
     model.load_state_dict(state)
     return model.to(device or "cpu", memory_format=torch.channels_last).eval()
