@@ -9,7 +9,9 @@ protocol when it is classified correctly clean and no attack of the protocol bre
 compactly (bit-packed, base64), which test images each attack left correct. It is cached by (run
 weights, protocol, n): a new protocol never retrains and a finished evaluation never reruns.
 :func:`worst_case` takes, per example, the union over every protocol run on the model: the
-strongest evidence there is, an upper bound on the true robust accuracy.
+strongest evidence there is, an upper bound on the true robust accuracy. :func:`common_worst` takes
+the union over a fixed set of protocols on the images they all covered: the same attacks and images
+for every model, for comparing models like with like.
 
 Protocols (``PROTOCOLS``; each has its ``doc``):
 
@@ -344,6 +346,34 @@ def _threads_for(config, dev):
     from .config import profile as get_profile
     from .runtime import threads
     return threads(None if dev.type == "cuda" else get_profile(config.profile).cpu_threads)
+
+
+def common_worst(run, names, threats=None, n: int | None = None) -> dict:
+    """Per threat: the accuracy when an example counts as broken if any of the protocols ``names`` broke it,
+    on the first ``n`` test images (at most the smallest subset among them, which is the default):
+    {threat: {"acc", "n"}}.
+
+    Unlike :func:`worst_case`, which counts every protocol run on the model (AutoAttack on one model, not
+    on another), this measures every model that has ``names`` with the same attacks on the same images:
+    the like-for-like number for comparing models. A threat some protocol of ``names`` did not measure
+    on the model is left out.
+    """
+    recs = {}
+    for r in evaluations(run):      # a protocol run on several subsets: its largest
+        if r["protocol"] in names and r["n"] > recs.get(r["protocol"], {"n": -1})["n"]:
+            recs[r["protocol"]] = r
+    if set(names) - set(recs):
+        return {}
+    out = {}
+    for t in threats or sorted({t for r in recs.values() for t in r["threats"]}):
+        if not all(t in r["threats"] for r in recs.values()):
+            continue
+        m = min([r["n"] for r in recs.values()] + ([n] if n else []))
+        ok = np.ones(m, dtype=bool)
+        for r in recs.values():
+            ok &= unpack(r["threats"][t]["robust"], r["n"])[:m]
+        out[t] = {"acc": 100.0 * ok.mean(), "n": m}
+    return out
 
 
 def worst_case(run, threats=None) -> dict:

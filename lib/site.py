@@ -171,6 +171,14 @@ def _answer(profile: str, figures: Path) -> list[str]:
               "Chapter 4 has every protocol and the worst case.", "", "**The paper's claims at this scale:**", ""]
     for c in tables.check_claims(df):
         lines.append(f"- *{c['verdict']}*: {c['claim']}")
+    by = tables.claims_by_measure(df)
+    strict, paper = tables.CLAIM_MEASURES["strict"], tables.CLAIM_MEASURES["paper"]
+    if strict in by and "strict_n" in df:
+        changed = [f"{k.split('.')[0]} *{v}*" for k, v in by[strict].items() if v != by.loc[k, paper]]
+        lines += ["", f"Judged again under stronger attacks ({', '.join(tables.STRICT_PROTOCOLS)} together, on the "
+                  f"first {int(df['strict_n'].min())} test images of every run): "
+                  + ("every verdict the same." if not changed else "; ".join(changed) + "; the others the same.")
+                  + " Chapter 4 separates the effect of the attack from that of the smaller sample."]
     return lines + [""]
 
 

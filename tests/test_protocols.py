@@ -70,6 +70,33 @@ def test_evaluate_run_writes_a_record_and_reuses_it(run):
     assert again == rec and path.stat().st_mtime_ns == mtime      # cached: nothing recomputed or rewritten
 
 
+def test_common_worst_is_the_union_of_the_named_protocols_on_their_common_images(run, tmp_path):
+    import shutil
+    shutil.copytree(run.path, tmp_path / run.path.name, ignore=shutil.ignore_patterns(protocols.EVAL_DIR))
+    run = runs.load_run(tmp_path / run.path.name)          # no evaluation yet, whatever ran before
+    paper = protocols.evaluate_run(run, "paper")
+    protocols.evaluate_run(run, "converged", n=60)
+    conv = protocols.evaluate_run(run, "converged", n=100)      # run on two subsets: the larger counts
+    strong = protocols.evaluate_run(run, "strong", n=40)
+    both = protocols.common_worst(run, ("paper", "converged"))
+    trio = protocols.common_worst(run, ("paper", "converged", "strong"))
+    for t in ("linf_1", "linf_2", "l2_16", "l2_32"):
+        masks = {name: protocols.unpack(rec["threats"][t]["robust"], rec["n"])
+                 for name, rec in (("paper", paper), ("converged", conv), ("strong", strong))}
+        assert both[t]["n"] == 100 and trio[t]["n"] == 40
+        assert both[t]["acc"] == pytest.approx(100 * (masks["paper"][:100] & masks["converged"]).mean())
+        assert trio[t]["acc"] == pytest.approx(
+            100 * (masks["paper"][:40] & masks["converged"][:40] & masks["strong"]).mean())
+        alone = protocols.common_worst(run, ("paper",), [t], n=40)[t]
+        assert alone["n"] == 40 and alone["acc"] == pytest.approx(100 * masks["paper"][:40].mean())
+        assert trio[t]["acc"] <= alone["acc"] + 1e-9
+    assert protocols.common_worst(run, ("paper", "linf8")).keys() <= set()     # a protocol never run: nothing
+    # a threat one of the named protocols does not measure is left out
+    protocols.evaluate_run(run, "linf8", n=40)
+    assert set(protocols.common_worst(run, ("paper", "linf8"))) == set()
+    assert set(protocols.common_worst(run, ("linf8",))) == {"linf_8"}
+
+
 def test_a_new_protocol_never_retrains_and_shares_identical_attacks(run, monkeypatch):
     import lib.runs as R
     monkeypatch.setattr(R, "train", lambda *a, **k: pytest.fail("evaluation must never train"))

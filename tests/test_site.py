@@ -197,3 +197,25 @@ def test_no_table_of_the_cpu_chapters_shows_nan(cpu_site):
     assert len(pages) == 5
     for page in pages:
         assert ">NaN<" not in page.read_text(), f"{page.name}: a table shows NaN for a missing value"
+
+
+def test_cpu_claims_are_judged_again_under_stronger_attacks(cpu_site):
+    """Chapter 4 of the cpu book judges each claim under three measures of robust accuracy (the paper's
+    protocol on every test image, on the stronger protocols' subset, and the union of paper, converged and
+    strong there); the claims that read only clean accuracy or time get one verdict under all three; the
+    first page says which verdicts the stronger attacks change."""
+    import pandas as pd
+    from lib import tables
+    out = cpu_site.parent.parent.parent
+    by = pd.read_csv(out / "tables" / "04_claims_by_measure_cifar10_cpu.csv", index_col=0)
+    assert list(by.columns) == [*tables.CLAIM_MEASURES.values(), "same"]
+    claims = [str(c).split(".")[0] for c in by.index]
+    assert claims == ["1a", "1b", "2", "3a", "3b", "3c", "4"]
+    verdicts = {"holds", "does not hold", "not resolved at this scale"}
+    assert set(by[list(tables.CLAIM_MEASURES.values())].to_numpy().ravel()) <= verdicts
+    for claim, row in by.iterrows():
+        if str(claim).split(".")[0] in ("1b", "3a", "3c", "4"):
+            assert row["same"] and row.iloc[:3].nunique() == 1, claim
+    cells = pd.read_csv(out / "tables" / "04_sam_minus_st_by_measure_cpu.csv")
+    assert len(cells) == 4 * 3 and set(cells["measure"]) == set(tables.CLAIM_MEASURES.values())
+    assert "Judged again under stronger attacks" in cpu_site.read_text()

@@ -70,6 +70,27 @@ def test_time_ratios_pair_only_runs_of_one_processor():
     assert claim["verdict"] == "not resolved at this scale" and "no pair" in claim["evidence"]
 
 
+def test_claims_are_judged_on_the_measure_asked_for():
+    # the paper's protocol shows SAM's gain; a stronger measure ("strict") shows SAM below ST: the claims
+    # that read robust accuracy (1a, 2, 3b) follow the measure, those on clean accuracy and time do not
+    df = _frame([0, 1, 2])
+    for t in THREAT_NAMES:
+        df[f"strict_{t}"] = df[f"paper_{t}"] - df["label"].str.startswith("SAM") * (4.0 + 10 * df["rho"].fillna(0))
+    paper = {c["claim"].split(".")[0]: c["verdict"] for c in tables.check_claims(df, "paper")}
+    strict = {c["claim"].split(".")[0]: c["verdict"] for c in tables.check_claims(df, "strict")}
+    assert paper == _verdicts(df) and paper["1a"] == "holds" and paper["2"] == "holds"
+    assert strict["1a"] == "does not hold" and strict["2"] == "does not hold"
+    assert all(strict[k] == paper[k] for k in ("1b", "3a", "3c", "4"))
+    table = tables.claims_by_measure(df, {"paper": "paper", "strict": "strict", "absent": "no such measure"})
+    assert list(table.columns) == ["paper", "strict", "same"]          # a measure no run has is left out
+    same = {k.split(".")[0]: v for k, v in table["same"].items()}
+    assert not same["1a"] and not same["2"] and same["1b"] and same["4"]
+    cells = tables.sam_vs_st_by_measure(df, {"paper": "paper", "strict": "strict"})
+    assert cells.index.names == ["rho", "measure"] and len(cells) == 2 * 4
+    assert cells.loc[(0.4, "strict"), "Linf 2/255"].startswith("-")         # SAM below ST under strict
+    assert cells.loc[(0.4, "paper"), "Linf 2/255"].startswith("+")
+
+
 def test_the_opposite_effect_does_not_hold():
     v = _verdicts(_frame([0, 1, 2], sam_gain=-3.0))
     assert v["1a"] == "does not hold" and v["2"] == "does not hold"
