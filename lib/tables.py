@@ -116,12 +116,25 @@ def run_row(result) -> dict:
             row[f"common{p}_{t}"] = acc
         if "gap" in w:
             row[f"gap_{t}"] = w["gap"]
-    strict = common_worst(result, STRICT_PROTOCOLS)
+    strict = common_worst(result, STRICT_PROTOCOLS, n=strict_images(m["profile"]))
     for t, w in strict.items():
         row[f"strict_{t}"] = w["acc"]
         row["strict_n"] = w["n"]
         row[f"papersub_{t}"] = common_worst(result, ("paper",), [t], n=w["n"])[t]["acc"]
     return row
+
+
+def strict_images(profile_name: str) -> int | None:
+    """How many test images the ``strict`` measure uses in a profile: the smallest subset the profile gives
+    any of :data:`STRICT_PROTOCOLS`, so that every run of the profile is measured on the same images even
+    where one protocol was run on more of them (None: no profile subset)."""
+    from .config import profile
+    from .errors import ConfigError
+    try:
+        sizes = [n for name, n, _ in profile(profile_name).protocols if name in STRICT_PROTOCOLS and n]
+    except ConfigError:
+        return None
+    return min(sizes) if sizes else None
 
 
 def results_frame(results):

@@ -90,7 +90,14 @@ def test_common_worst_is_the_union_of_the_named_protocols_on_their_common_images
         alone = protocols.common_worst(run, ("paper",), [t], n=40)[t]
         assert alone["n"] == 40 and alone["acc"] == pytest.approx(100 * masks["paper"][:40].mean())
         assert trio[t]["acc"] <= alone["acc"] + 1e-9
-    assert protocols.common_worst(run, ("paper", "linf8")).keys() <= set()     # a protocol never run: nothing
+    assert protocols.common_worst(run, ("paper", "linf8")) == {}      # a protocol never run: nothing
+    # the tables' strict measure takes the profile's subset (smoke: strong on 20), not what one run happens to have
+    from lib import tables
+    row = tables.run_row(run)
+    assert tables.strict_images("smoke") == 20 and row["strict_n"] == 20
+    for t in ("linf_1", "linf_2", "l2_16", "l2_32"):
+        assert row[f"strict_{t}"] == pytest.approx(protocols.common_worst(run, tables.STRICT_PROTOCOLS, [t], n=20)[t]["acc"])
+        assert row[f"papersub_{t}"] == pytest.approx(100 * protocols.unpack(paper["threats"][t]["robust"], 200)[:20].mean())
     # a threat one of the named protocols does not measure is left out
     protocols.evaluate_run(run, "linf8", n=40)
     assert set(protocols.common_worst(run, ("paper", "linf8"))) == set()
