@@ -6,8 +6,9 @@ For each ``chapters/NN_*.py`` (Jupytext percent format, the only source):
      ``outputs/notebooks/<profile>/NN_*.ipynb`` (not tracked; written atomically: a failed chapter
      never replaces a good notebook),
 then build the site ``outputs/site/<profile>/`` from the executed notebooks (:mod:`lib.site`).
-A chapter whose source, lib/ and parameters have not changed since its last successful execution
-is not executed again (stamps under ``outputs/.stamps/``). Trained runs are reused from the run
+A chapter whose source, lib/, parameters and the profile's run results (every small file of its run
+folders, committed and cached: configs, metrics, evaluations, probes) have not changed since the
+start of its last successful execution is not executed again (stamps under ``outputs/.stamps/``). Trained runs are reused from the run
 cache, so re-running after a finished profile takes seconds. ``make book`` never writes a tracked
 file: nbval's expectations live in ``tests/notebooks/`` and change only through
 ``python -m lib.book --expectations`` (``make expectations``).
@@ -56,13 +57,32 @@ def default_profile() -> str:
 
 
 def source_stamp(chapter: Path, params: dict) -> str:
-    """Hash of the chapter, every lib/ source file and the parameters."""
+    """Hash of the chapter, every lib/ source file, the parameters and :func:`results_digest`."""
     h = hashlib.sha256()
     h.update(chapter.read_bytes())
     for f in sorted((paths.REPO_ROOT / "lib").glob("*.py")):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(results_digest(params.get("PROFILE", "")).encode())
+    return h.hexdigest()[:16]
+
+
+RESULT_SUFFIXES = (".json", ".csv")     # what a chapter reads from a run folder (weights are never shown)
+
+
+def results_digest(profile: str) -> str:
+    """Hash of the profile's run results a chapter can read: every JSON and CSV file of the run folders
+    ``*-<profile>-*`` in the committed results and in the run cache (names and contents). A new
+    evaluation or run, pulled from git or computed here, makes the chapters run again."""
+    h = hashlib.sha256()
+    roots = dict.fromkeys(r.resolve() for r in (paths.committed_runs_root(), paths.runs_root()))
+    for root in roots:
+        for folder in sorted(root.glob(f"*-{profile}-*")) if root.is_dir() else []:
+            for f in sorted(folder.rglob("*")):
+                if f.suffix in RESULT_SUFFIXES and f.is_file():
+                    h.update(str(f.relative_to(root)).encode())
+                    h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -105,3 +105,27 @@ def test_a_stored_notebook_has_numbered_cell_ids_and_no_timestamps(tmp_path):
         stored.append(path.read_text())
     assert stored[0] == stored[1]
     assert [c.id for c in nbformat.reads(stored[0], as_version=4).cells] == ["04-000", "04-001"]
+
+
+def test_a_new_result_makes_the_chapters_run_again(tmp_path, monkeypatch):
+    """The stamp that lets `make book` skip a chapter covers the profile's run results: a new evaluation in
+    a run folder (pulled from git or computed here) re-executes the chapters; weights, another profile's
+    runs and an unchanged tree do not."""
+    monkeypatch.setenv("SAMBOOK_RUNS", str(tmp_path))
+    chapter = book.chapters_dir() / "04_tables.py"
+    params = {"PROFILE": "smoke"}
+    run = tmp_path / "cifar10-st-s0-smoke-0123456789"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    before = book.source_stamp(chapter, params)
+    assert book.source_stamp(chapter, params) == before
+    (run / "model.pt").write_bytes(b"weights")
+    other = tmp_path / "cifar10-st-s0-cpu-0123456789"
+    other.mkdir()
+    (other / "metrics.json").write_text("{}")
+    assert book.source_stamp(chapter, params) == before
+    (run / "eval" / "strong-n20.json").write_text("{}")
+    added = book.source_stamp(chapter, params)
+    assert added != before
+    (run / "eval" / "strong-n20.json").write_text('{"n": 20}')
+    assert book.source_stamp(chapter, params) not in (before, added)
