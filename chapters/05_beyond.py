@@ -76,6 +76,8 @@ print(report.ran_on(results))
 # deterministic on a given kind of CPU: seed 1's AWP, TRADES, ARoW and ASAM, trained again at the same
 # code fingerprint on the same kind of processor, came out bit for bit the same (the same weight
 # hash, every earlier evaluation identical per example), so their PGD-20 was added from those weights.
+# A chapter never adds an evaluation to committed results (a `cpu` book only reads them), even where
+# the weights are present: `python -m lib evaluate --protocol linf8` does that on purpose.
 
 # %% tags=["nbval-ignore-output"]
 df = tables.results_frame(results)

@@ -286,14 +286,15 @@ def evaluations(run) -> list[dict]:
 
 
 def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=None, device=None,
-                 force: bool = False) -> dict:
+                 force: bool = False, cached_only: bool = False) -> dict:
     """Evaluate a finished run under protocol ``name`` on its first ``n`` test images; cached in the run folder.
 
     ``n``: ``"default"`` (the profile's subset for this protocol, else the protocol's), an int, or
     None for the whole test set. Returns the record: ``natural``, ``threats`` ({threat: {acc, robust
     (packed mask), attacks}}), ``attacks`` ({key: {acc, robust, seconds}}), ``n``, provenance.
     A cached record is used when the weights and the protocol are unchanged; the weights (model.pt)
-    are needed only when something must be computed.
+    are needed only when something must be computed. ``cached_only``: never compute (a SambookError
+    when no cached record exists), for readers of committed results that must not add to them.
     """
     from . import runs
     from .config import profile as get_profile
@@ -308,6 +309,9 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
         rec = _load_valid(path, proto, weights)
         if rec is not None:
             return rec
+    if cached_only:
+        raise SambookError(f"{run.path.name}: not evaluated under protocol {name!r} with "
+                           f"n={n if n is not None else 'all'} (cached results only here)")
     if not (Path(run.path) / runs.MODEL).exists():
         raise SambookError(f"{run.path.name}: no weights (model.pt) to evaluate under protocol {name!r} "
                            f"with n={n if n is not None else 'all'}; only cached evaluations can be read")

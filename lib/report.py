@@ -96,11 +96,15 @@ def ran_on(results) -> str:
 
 def protocol_accuracy(result, name: str, threat: str, data_root=None) -> float:
     """A run's accuracy at ``threat`` under protocol ``name``: cached, or computed if its weights are here
-    (NaN when neither: e.g. a committed result evaluated before the protocol existed)."""
+    and its profile trains in the book (NaN otherwise: e.g. a committed result evaluated before the
+    protocol existed). A profile whose book shows committed results only (``cpu``) never has them
+    written to by a chapter: ``python -m lib evaluate`` adds an evaluation on purpose."""
+    from .config import profile as get_profile
     from .errors import SambookError
     from .protocols import evaluate_run
     try:
-        return evaluate_run(result, name, data_root=data_root)["threats"][threat]["acc"]
+        return evaluate_run(result, name, data_root=data_root,
+                            cached_only=not get_profile(result.config.profile).train_in_book)["threats"][threat]["acc"]
     except SambookError:
         return float("nan")
 

@@ -152,6 +152,29 @@ def test_subset_protocols_and_the_worst_case_union(run):
         assert w["gap"] == pytest.approx(w["paper_on_common"] - w["worst_on_common"]) and w["gap"] >= 0
 
 
+def test_a_book_of_committed_results_reads_evaluations_and_never_adds_one(run, tmp_path, monkeypatch):
+    """report.protocol_accuracy computes a missing evaluation only for a profile whose book trains; for one
+    that shows committed results (cpu) it reads the cache, gives NaN where nothing is cached, and writes
+    nothing, even with the weights present."""
+    import dataclasses
+    import math
+    import shutil
+    from lib import config, report
+    shutil.copytree(run.path, tmp_path / run.path.name, ignore=shutil.ignore_patterns(protocols.EVAL_DIR))
+    copy = runs.load_run(tmp_path / run.path.name)
+    assert copy.has_weights
+    with pytest.raises(SambookError, match="cached results only"):
+        protocols.evaluate_run(copy, "linf8", cached_only=True)
+    monkeypatch.setitem(config.PROFILES, "smoke", dataclasses.replace(config.PROFILES["smoke"], train_in_book=False))
+    assert math.isnan(report.protocol_accuracy(copy, "linf8", "linf_8"))
+    assert not (copy.path / protocols.EVAL_DIR).exists() or not any((copy.path / protocols.EVAL_DIR).iterdir())
+    cached = protocols.evaluate_run(copy, "linf8")                     # on purpose (python -m lib evaluate)
+    assert report.protocol_accuracy(copy, "linf8", "linf_8") == cached["threats"]["linf_8"]["acc"]
+    monkeypatch.undo()
+    assert report.protocol_accuracy(copy, "converged", "l2_16") >= 0    # a book that trains computes it
+    assert any(f.name.startswith("converged-") for f in (copy.path / protocols.EVAL_DIR).iterdir())
+
+
 def test_stale_records_are_ignored_and_bad_n_refused(run, tmp_path):
     rec = protocols.evaluate_run(run, "paper")
     path = protocols.eval_path(run.path, "paper", None)
