@@ -352,7 +352,7 @@ def _threads_for(config, dev):
     return threads(None if dev.type == "cuda" else get_profile(config.profile).cpu_threads)
 
 
-def common_worst(run, names, threats=None, n: int | None = None) -> dict:
+def common_worst(run, names, threats=None, n: int | None = None, recs=None) -> dict:
     """Per threat: the accuracy when an example counts as broken if any of the protocols ``names`` broke it,
     on the first ``n`` test images (at most the smallest subset among them, which is the default):
     {threat: {"acc", "n"}}.
@@ -360,27 +360,27 @@ def common_worst(run, names, threats=None, n: int | None = None) -> dict:
     Unlike :func:`worst_case`, which counts every protocol run on the model (AutoAttack on one model, not
     on another), this measures every model that has ``names`` with the same attacks on the same images:
     the like-for-like number for comparing models. A threat some protocol of ``names`` did not measure
-    on the model is left out.
+    on the model is left out. ``recs``: the run's :func:`evaluations`, when the caller has read them.
     """
-    recs = {}
-    for r in evaluations(run):      # a protocol run on several subsets: its largest
-        if r["protocol"] in names and r["n"] > recs.get(r["protocol"], {"n": -1})["n"]:
-            recs[r["protocol"]] = r
-    if set(names) - set(recs):
+    chosen = {}
+    for r in evaluations(run) if recs is None else recs:      # a protocol run on several subsets: its largest
+        if r["protocol"] in names and r["n"] > chosen.get(r["protocol"], {"n": -1})["n"]:
+            chosen[r["protocol"]] = r
+    if set(names) - set(chosen):
         return {}
+    m = min([r["n"] for r in chosen.values()] + ([n] if n else []))
     out = {}
-    for t in threats or sorted({t for r in recs.values() for t in r["threats"]}):
-        if not all(t in r["threats"] for r in recs.values()):
+    for t in threats or sorted({t for r in chosen.values() for t in r["threats"]}):
+        if not all(t in r["threats"] for r in chosen.values()):
             continue
-        m = min([r["n"] for r in recs.values()] + ([n] if n else []))
         ok = np.ones(m, dtype=bool)
-        for r in recs.values():
+        for r in chosen.values():
             ok &= unpack(r["threats"][t]["robust"], r["n"])[:m]
         out[t] = {"acc": 100.0 * ok.mean(), "n": m}
     return out
 
 
-def worst_case(run, threats=None) -> dict:
+def worst_case(run, threats=None, recs=None) -> dict:
     """Per threat: the robust accuracy when every protocol run on the model counts (per-example union).
 
     Returns {threat: {"acc": % of all test images no protocol broke (examples outside a protocol's
@@ -389,7 +389,7 @@ def worst_case(run, threats=None) -> dict:
     "worst_on_common": the union's accuracy there, "paper_on_common", and "gap" = paper_on_common -
     worst_on_common (how much the paper's attack misses on this model)}}.
     """
-    recs = [r for r in evaluations(run)]
+    recs = evaluations(run) if recs is None else recs      # the caller's, when it has read them
     out = {}
     names = threats or sorted({t for r in recs for t in r["threats"]})
     for t in names:

@@ -100,7 +100,8 @@ def run_row(result) -> dict:
            "passes_per_step": m.get("passes_per_step"), "images_per_second": m.get("images_per_second"),
            "precision": m.get("precision"), "attack_precision": m.get("attack_precision"),
            "fingerprint": m.get("fingerprint"), "cpu": m.get("cpu"), "run": result.path.name}
-    for rec in evaluations(result):
+    recs = evaluations(result)        # read once: the unions below take them
+    for rec in recs:
         p = rec["protocol"]
         row[f"{p}_n"] = rec["n"]
         row[f"{p}_natural"] = rec["natural"]
@@ -108,7 +109,7 @@ def run_row(result) -> dict:
             row[f"{p}_{t}"] = v["acc"]
         if p == "paper":
             row["natural"] = rec["natural"]
-    for t, w in worst_case(result).items():
+    for t, w in worst_case(result, recs=recs).items():
         row[f"worst_{t}"] = w["acc"]
         row[f"ncommon_{t}"] = w["n_common"]
         row[f"commonworst_{t}"] = w["worst_on_common"]
@@ -116,11 +117,14 @@ def run_row(result) -> dict:
             row[f"common{p}_{t}"] = acc
         if "gap" in w:
             row[f"gap_{t}"] = w["gap"]
-    strict = common_worst(result, STRICT_PROTOCOLS, n=strict_images(m["profile"]))
-    for t, w in strict.items():
-        row[f"strict_{t}"] = w["acc"]
-        row["strict_n"] = w["n"]
-        row[f"papersub_{t}"] = common_worst(result, ("paper",), [t], n=w["n"])[t]["acc"]
+    strict = common_worst(result, STRICT_PROTOCOLS, n=strict_images(m["profile"]), recs=recs)
+    if strict:
+        n = next(iter(strict.values()))["n"]         # one subset for every threat
+        paper_there = common_worst(result, ("paper",), list(strict), n=n, recs=recs)
+        row["strict_n"] = n
+        for t, w in strict.items():
+            row[f"strict_{t}"] = w["acc"]
+            row[f"papersub_{t}"] = paper_there[t]["acc"]
     return row
 
 
