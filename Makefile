@@ -21,14 +21,14 @@ NBVAL := -p no:cacheprovider --nbval --nbval-current-env --nbval-kernel-name pyt
          --nbval-sanitize-with tests/nbval_sanitize.cfg tests/notebooks
 
 # bad settings stop here, in one line, before anything runs
-ifeq ($(filter $(PROFILE),auto smoke cpu fast paper),)
-$(error unknown PROFILE '$(PROFILE)'; valid profiles: auto, smoke, cpu, fast, paper)
+ifeq ($(filter $(PROFILE),auto smoke cpu cpu-long fast paper),)
+$(error unknown PROFILE '$(PROFILE)'; valid profiles: auto, smoke, cpu, cpu-long, fast, paper)
 endif
 ifeq ($(filter $(EXECUTOR),local ray),)
 $(error unknown EXECUTOR '$(EXECUTOR)'; valid executors: local, ray)
 endif
-ifeq ($(filter $(GRID),paper core beyond fp32attack all),)
-$(error unknown GRID '$(GRID)'; valid grids: paper, core, beyond, fp32attack, all)
+ifeq ($(filter $(GRID),paper core beyond fp32attack length all),)
+$(error unknown GRID '$(GRID)'; valid grids: paper, core, beyond, fp32attack, length, all)
 endif
 
 .PHONY: book site test test-isa expectations env env-extra check-data bench sweep smoke clean help

@@ -92,9 +92,10 @@ def _add_common(p, profile_default="smoke", auto=False):
 
 
 def _add_selection(p):
-    p.add_argument("--grid", default="paper", type=_choice("grid", ("paper", "core", "beyond", "fp32attack", "all")),
+    p.add_argument("--grid", default="paper", type=_choice("grid", ("paper", "core", "beyond", "fp32attack", "length", "all")),
                    help="paper (Table 2's runs), core (ST, SAM x4, AT 1, 2/255 and 16, 32/255), beyond (chapter "
-                        "5's methods), fp32attack (AT with fp32 training attacks) or all (default paper)")
+                        "5's methods), fp32attack (AT with fp32 training attacks), length (ST, SAM 0.1, 0.4 at "
+                        "4 and 6 epochs: the training-length axis) or all (default paper)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     p.add_argument("--only", default=None, help=f"comma-separated methods to keep (of {', '.join(METHODS)})")
 
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=None, help="untimed repeats first")
     b.add_argument("--eval-images", type=positive_int, default=None, help="test images per evaluation repeat")
     b.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default 1 on a CPU)")
-    b.add_argument("--compile", action="store_true", help="also time torch.compile of the model (CUDA only)")
+    b.add_argument("--compile", action="store_true", help="also time torch.compile of the model (ST, SAM, PGD evaluation; inductor on CUDA or the CPU)")
     b.add_argument("--quick", action="store_true", help="a tiny configuration (seconds; for tests)")
     b.add_argument("--out", default=None, help="output folder (default outputs/bench)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
