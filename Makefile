@@ -31,13 +31,15 @@ ifeq ($(filter $(GRID),paper core beyond fp32attack length all),)
 $(error unknown GRID '$(GRID)'; valid grids: paper, core, beyond, fp32attack, length, all)
 endif
 
-.PHONY: book site test test-isa expectations env env-extra check-data bench sweep smoke clean help
+.PHONY: book site test test-isa expectations readme env env-extra check-data bench sweep smoke clean help
 
 help:
-	@echo "make book          execute every chapter and build the site (PROFILE=smoke|cpu|fast|paper; default: fast with a GPU, else smoke)"
+	@echo "make book          execute every chapter and build the site (PROFILE=smoke|cpu|cpu-long|fast|paper; default: fast with a GPU,"
+	@echo "                   else cpu: the committed results, nothing trained; PROFILE=smoke trains tiny models in minutes)"
 	@echo "make test          the test suite, then nbval over the smoke chapters (tests/notebooks)"
 	@echo "make test-isa      nbval again with the CPU kernels forced onto AVX2 code paths (another machine)"
 	@echo "make expectations  re-execute the smoke book and refresh nbval's expectations in tests/notebooks"
+	@echo "make readme        README.md's result block and outputs/readme/headline.png from the committed runs"
 	@echo "make bench         speed benchmark (writes outputs/bench/)"
 	@echo "make sweep         train and evaluate a grid without the chapters (PROFILE=..., GRID=paper|core|beyond|all, EXECUTOR=local|ray)"
 	@echo "make env           build the environment only; make env-extra adds the optional extras (ray, AutoAttack)"
@@ -68,6 +70,9 @@ book: env $(RAY_ENV) check-data
 
 site: env
 	$(PY) -m lib.site --profile $(PROFILE)
+
+readme: env
+	$(PY) -m lib.readme
 
 test: env check-data
 	$(PY) -m pytest -q tests

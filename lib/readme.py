@@ -1,0 +1,301 @@
+"""The README's answer, generated from the committed runs (``make readme``).
+
+README.md holds one block between :data:`BEGIN` and :data:`END` that no one types: the scale in one
+sentence, the headline figure (SAM minus ST by budget, paired by seed, with 95 % intervals;
+:data:`FIGURE`, committed) and one line per claim of the paper (its verdict and the number that
+decides it), all computed here from the committed runs of the most real scale that has them
+(:func:`headline_scale`). ``python -m lib.readme`` rewrites the block and the figure;
+``--check`` only says whether they agree with the runs (``tests/test_readme.py`` does the same).
+The site's first page (:mod:`lib.site`) opens with the same summary (:func:`summary_markdown`).
+
+Only committed results are read (``outputs/runs`` of the checkout, never the run cache), and
+nothing is trained or evaluated: the block is the same on every clone of one commit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+from . import paths
+from .errors import SambookError
+from .io import atomic_write, write_text
+
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+SUMMARY_BEGIN = "<!-- summary:begin -->"   # the README's one-page summary, which the site's first page opens with
+SUMMARY_END = "<!-- summary:end -->"
+SCALES = ("paper", "fast", "cpu-long", "cpu")   # most real first
+FIGURE_REL = "outputs/readme/headline.png"     # committed (outputs/figures/ is make book's and never tracked)
+MEASURE = "paper"                               # the paper's protocol (PGD-10) on every test image
+
+
+def readme_path() -> Path:
+    return paths.REPO_ROOT / "README.md"
+
+
+def figure_path() -> Path:
+    return paths.REPO_ROOT / FIGURE_REL
+
+
+# --------------------------------------------------------------------------------------------------
+# Which scale, which runs
+
+
+def _committed(configs, root=None) -> list:
+    from . import runs
+    root = paths.committed_runs_root() if root is None else Path(root)
+    return runs.finished_runs(configs, runs_root=root) if root.is_dir() else [None] * len(configs)
+
+
+def has_st_and_sam(profile: str, root=None) -> bool:
+    """Whether the committed runs of ``profile`` hold ST at every seed of the profile and at least one SAM
+    radius of the core grid at every seed."""
+    from .config import grid, profile as get_profile
+    seeds = set(get_profile(profile).seeds)
+    configs = [c for c in grid("core", profile) if c.method in ("st", "sam")]
+    have: dict[str, set] = {}
+    for c, r in zip(configs, _committed(configs, root)):
+        if r is not None:
+            have.setdefault(c.label, set()).add(c.seed)
+    return have.get("ST", set()) >= seeds and any(k != "ST" and v >= seeds for k, v in have.items())
+
+
+def headline_scale(root=None) -> str | None:
+    """The most real profile of :data:`SCALES` whose committed runs hold ST and SAM at every seed."""
+    from .config import PROFILES
+    return next((p for p in SCALES if p in PROFILES and has_st_and_sam(p, root)), None)
+
+
+def committed_frame(profile: str, root=None):
+    """The committed runs of the profile's book grid (the grid chapter 4 judges the claims on) as
+    :func:`lib.tables.results_frame`, and the runs themselves."""
+    from . import report, tables
+    from .config import grid
+    configs = grid(report.book_grid(profile), profile)
+    results = [r for r in _committed(configs, root) if r is not None]
+    return tables.results_frame(results), results
+
+
+# --------------------------------------------------------------------------------------------------
+# The deciding number of a claim
+
+_INTERVAL = re.compile(r"(?P<m>[+-]?\d+(?:\.\d+)?)x? \[(?P<lo>[+-]?\d+(?:\.\d+)?), (?P<hi>[+-]?\d+(?:\.\d+)?)\]")
+
+
+def deciding(claim: dict) -> str:
+    """The number a claim's verdict turns on: ``claim["deciding"]`` where :func:`lib.tables.check_claims`
+    gives it; otherwise read from its evidence (``name: mean [low, high]; ...``): for a claim that holds
+    the interval with the lowest bound (its weakest cell), for one that does not hold the one lying
+    furthest below, else the one furthest from holding (the lowest bound)."""
+    if claim.get("deciding"):
+        return str(claim["deciding"])
+    evidence = str(claim.get("evidence", ""))
+    cells = []
+    for part in evidence.split("; "):
+        m = _INTERVAL.search(part)
+        if m:
+            cells.append((part[:m.end()].strip(), float(m["lo"]), float(m["hi"])))
+    if not cells:
+        return evidence
+    if claim.get("verdict") == "does not hold":
+        return min(cells, key=lambda c: c[2])[0]
+    return min(cells, key=lambda c: c[1])[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The block
+
+
+def _scale_sentence(profile: str, df, results) -> str:
+    from . import tables
+    from .config import profile as get_profile
+    p, paper = get_profile(profile), get_profile("paper")
+    m = results[0].metrics
+    st = df.loc[df["label"] == "ST", "natural"]
+    data = "CIFAR-10" if m.get("data_exact") else "a JPEG-compressed copy of CIFAR-10"
+    seeds = sorted(df["seed"].unique())
+    return (f"**Scale.** The `{profile}` profile: the paper's PreActResNet-18 topology at width {p.width} (the "
+            f"paper's is {paper.width}), trained for {p.epochs} epochs (the paper: {paper.epochs}) on the {m['train_images']:,} training "
+            f"images of {data} and tested on {m['test_images']:,}, seeds {', '.join(map(str, seeds))}; ST reaches "
+            f"{st.mean():.1f} % clean accuracy (the paper's ST: {tables.PAPER['cifar10']['ST'][0]:.1f} %).")
+
+
+def _rows(df):
+    from . import tables
+    return tables.sam_vs_st(df, MEASURE)
+
+
+def data_digest(rows) -> str:
+    """A digest of the figure's numbers (stored in the PNG, so a test can tell a stale figure)."""
+    blob = json.dumps([{k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(r.items())}
+                       for r in rows], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def headline_figure(rows, profile: str):
+    """SAM minus ST by budget (clean first), one colour per radius, mean and 95 % interval; small."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = list(dict.fromkeys(r["column"] for r in rows))
+    rhos = sorted({r["rho"] for r in rows})
+    by = {(r["rho"], r["column"]): r for r in rows}
+    seeds = max(r["seeds"] for r in rows)
+    fig, ax = plt.subplots(figsize=(6.4, 2.9))
+    width = 0.8 / max(1, len(rhos))
+    for k, rho in enumerate(rhos):
+        pts = [(i, by[(rho, c)]) for i, c in enumerate(cols) if (rho, c) in by]
+        x = [i + (k - (len(rhos) - 1) / 2) * width for i, _ in pts]
+        mean = [r["mean"] for _, r in pts]
+        lo = [r["mean"] - r["low"] if r["low"] == r["low"] else 0.0 for _, r in pts]
+        hi = [r["high"] - r["mean"] if r["high"] == r["high"] else 0.0 for _, r in pts]
+        ax.errorbar(x, mean, yerr=[lo, hi], fmt="o", ms=4, capsize=2, label=f"ρ = {rho:g}")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(cols)), ["clean" if c == "Natural" else c.replace("Linf", "L∞") for c in cols])
+    ax.set_ylabel("SAM − ST (points)")
+    ax.set_title(f"SAM minus ST, paired by seed ({profile} profile, {seeds} seeds, 95% intervals)", fontsize=9)
+    ax.legend(fontsize=7, ncol=len(rhos), loc="lower left", frameon=False)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="y", lw=0.3, alpha=0.5)
+    return fig
+
+
+def save_figure(fig, target: Path, digest: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    def write(p):
+        fig.savefig(p, dpi=100, bbox_inches="tight", format="png",
+                    metadata={"Software": None, "Description": f"sambook make readme; data {digest}"})
+    atomic_write(target, write)
+    plt.close(fig)
+    return target
+
+
+def figure_digest(path: Path) -> str | None:
+    """The data digest a headline PNG was written with (None: no such PNG or no digest in it)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            desc = im.info.get("Description", "")
+    except (OSError, ValueError):
+        return None
+    m = re.search(r"data ([0-9a-f]{16})", desc)
+    return m.group(1) if m else None
+
+
+def block(root=None, figure_src: str = FIGURE_REL) -> tuple[str, list, str | None]:
+    """(the Markdown between the markers, the figure's rows, the scale); no figure is written."""
+    from . import tables
+    scale = headline_scale(root)
+    head = [BEGIN, "<!-- generated by `make readme` from the committed runs; tests/test_readme.py fails when it "
+                   "disagrees with them -->"]
+    if scale is None:
+        return "\n".join(head + ["No committed runs hold ST and SAM at every seed of a profile yet.", END]), [], None
+    df, results = committed_frame(scale, root)
+    rows = _rows(df)
+    seeds = int(df["seed"].nunique())
+    claims = tables.check_claims(df, MEASURE)
+    lines = head + [_scale_sentence(scale, df, results), "",
+                    f"![SAM minus ST in clean and robust accuracy at each budget, {scale} profile]({figure_src})", "",
+                    f"*SAM minus ST at the same seed, in points, under the paper's protocol (PGD-10) on "
+                    f"{int(df['paper_n'].min()):,} test images; dots: the mean over {seeds} seeds; bars: 95 % "
+                    f"intervals; above zero SAM is better.* The paper's claims at this scale "
+                    f"(chapter 4 derives each verdict):", "",
+                    "| claim | verdict | deciding number |", "|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {c['claim']} | **{c['verdict']}** | {deciding(c)} |".replace("\n", " "))
+    rules = list(dict.fromkeys((c["claim"].split(".")[0], c["rule"]) for c in claims if c.get("rule")))
+    if rules:
+        lines += ["", "<details><summary>The rule behind each verdict</summary>", ""]
+        lines += [f"- {k}: {r}" for k, r in rules]
+        lines += ["", "</details>"]
+    lines.append(END)
+    return "\n".join(lines), rows, scale
+
+
+def current_block(text: str) -> str:
+    """The README's block, markers included (a one-line error when the markers are missing)."""
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        raise SambookError(f"README.md has no result block: it needs a line {BEGIN} and, after it, {END}")
+    return text[i:j + len(END)]
+
+
+def replace_block(text: str, new: str) -> str:
+    old = current_block(text)
+    return text.replace(old, new, 1)
+
+
+def summary(figure_src: str, readme_text: str | None = None, root=None) -> tuple[str, list, str | None]:
+    """(the README's one-page summary, the figure's rows, the scale): the text between :data:`SUMMARY_BEGIN`
+    and :data:`SUMMARY_END` with the result block generated afresh and the figure at ``figure_src``, what the
+    site's first page opens with. The text is empty when the README has no summary markers."""
+    text = readme_path().read_text() if readme_text is None else readme_text
+    i, j = text.find(SUMMARY_BEGIN), text.find(SUMMARY_END)
+    if i < 0 or j < i:
+        return "", [], None
+    part, rows, scale = text[i + len(SUMMARY_BEGIN):j], [], None
+    if BEGIN in part and END in part:
+        new, rows, scale = block(root, figure_src)
+        part = replace_block(part, new)
+    return part.strip() + "\n", rows, scale
+
+
+def summary_markdown(figure_src: str, readme_text: str | None = None, root=None) -> str:
+    """:func:`summary`'s text only."""
+    return summary(figure_src, readme_text, root)[0]
+
+
+def write(root=None) -> tuple[Path, Path, str | None]:
+    """Rewrite README.md's block and the headline figure from the committed runs."""
+    text = readme_path().read_text()
+    new, rows, scale = block(root)
+    if rows:
+        save_figure(headline_figure(rows, scale), figure_path(), data_digest(rows))
+    write_text(readme_path(), replace_block(text, new))
+    return readme_path(), figure_path(), scale
+
+
+def check(root=None) -> list[str]:
+    """What disagrees with the committed runs: [] when the README's block and the figure are current."""
+    problems = []
+    new, rows, _ = block(root)
+    if current_block(readme_path().read_text()) != new:
+        problems.append("README.md's result block")
+    if rows and figure_digest(figure_path()) != data_digest(rows):
+        problems.append(FIGURE_REL)
+    return problems
+
+
+def main(argv=None) -> int:
+    from .cli import ArgumentParser, guarded, parse
+    ap = ArgumentParser(prog="python -m lib.readme",
+                        description="Write README.md's result block and the headline figure from the committed runs "
+                                    "(make readme).")
+    ap.add_argument("--check", action="store_true", help="only say whether they agree with the runs (exit 1 if not)")
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
+
+    def command() -> int:
+        t0 = time.perf_counter()
+        if args.check:
+            stale = check()
+            if stale:
+                print(f"readme: {' and '.join(stale)} disagree with the committed runs: run make readme")
+                return 1
+            print("readme: README.md's result block and the headline figure agree with the committed runs")
+            return 0
+        readme, figure, scale = write()
+        size = figure.stat().st_size // 1024 if figure.exists() else 0
+        print(f"readme: {readme.name} result block and {FIGURE_REL} ({size} KB) from the committed {scale} runs "
+              f"in {time.perf_counter() - t0:.1f} s")
+        return 0
+    return guarded(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""README.md's answer is generated from the committed runs (``make readme``, :mod:`lib.readme`): the block
+between its markers and the headline figure must be what the runs give today."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lib import paths, readme
+from lib.errors import SambookError
+
+
+@pytest.fixture(scope="module")
+def generated():
+    """(block, rows, scale) regenerated from the committed runs, once for the module."""
+    return readme.block()
+
+
+def test_the_readme_result_block_agrees_with_the_committed_runs(generated):
+    new, rows, scale = generated
+    assert scale is not None and rows, "no committed profile holds ST and SAM at every seed"
+    now = readme.current_block(readme.readme_path().read_text())
+    assert now == new, "README.md's result block disagrees with the committed runs: run `make readme`"
+
+
+def test_the_headline_figure_is_small_committed_and_drawn_from_the_same_numbers(generated):
+    _, rows, _ = generated
+    fig = readme.figure_path()
+    assert fig.exists() and fig.stat().st_size < 100_000, fig
+    assert readme.figure_digest(fig) == readme.data_digest(rows), \
+        f"{readme.FIGURE_REL} was drawn from other numbers than the committed runs': run `make readme`"
+    assert readme.FIGURE_REL in readme.current_block(readme.readme_path().read_text())
+
+
+def test_the_block_has_one_line_per_claim_with_its_verdict(generated):
+    from lib import tables
+    new, _, scale = generated
+    df, _ = readme.committed_frame(scale)
+    claims = tables.check_claims(df, readme.MEASURE)
+    table = [line for line in new.splitlines() if line.startswith("| ") and not line.startswith("| claim |")]
+    assert len(table) == len(claims)
+    for line, c in zip(table, claims):
+        assert c["verdict"] in line and readme.deciding(c) in line
+
+
+def _link_runs(src_root, dst, profile, labels, seeds):
+    """Symlink the committed run folders of ``profile`` whose config has one of ``labels`` and a seed in
+    ``seeds`` into ``dst``: a committed-results folder with only those runs."""
+    from lib import runs
+    from lib.config import grid
+    configs = [c for c in grid("core", profile) if c.label in labels and c.seed in seeds]
+    for c, r in zip(configs, runs.finished_runs(configs, runs_root=src_root)):
+        if r is not None:
+            os.symlink(r.path, dst / r.path.name)
+
+
+def test_the_scale_is_the_most_real_profile_with_st_and_sam_at_every_seed(tmp_path):
+    from lib.config import profile
+    seeds = profile("cpu").seeds
+    root = paths.committed_runs_root()
+    full = tmp_path / "full"
+    full.mkdir()
+    _link_runs(root, full, "cpu", {"ST", "SAM rho=0.4"}, set(seeds))
+    assert readme.has_st_and_sam("cpu", full) and readme.headline_scale(full) == "cpu"
+    short = tmp_path / "short"          # ST lacks the last seed: no profile qualifies
+    short.mkdir()
+    _link_runs(root, short, "cpu", {"ST"}, set(seeds[:-1]))
+    _link_runs(root, short, "cpu", {"SAM rho=0.4"}, set(seeds))
+    assert not readme.has_st_and_sam("cpu", short) and readme.headline_scale(short) is None
+    new, rows, scale = readme.block(short)
+    assert scale is None and rows == [] and "No committed runs" in new
+
+
+def test_the_deciding_number_falls_back_to_the_evidence():
+    assert readme.deciding({"verdict": "holds", "deciding": "x: +1.0 [+0.5, +1.5]", "evidence": "e"}) == \
+        "x: +1.0 [+0.5, +1.5]"
+    ev = "a: +2.0 [+1.0, +3.0]; b: +1.0 [+0.2, +1.8]; c: -4.0 [-5.0, -3.0]"
+    assert readme.deciding({"verdict": "holds", "evidence": ev}) == "c: -4.0 [-5.0, -3.0]"
+    assert readme.deciding({"verdict": "does not hold", "evidence": ev}) == "c: -4.0 [-5.0, -3.0]"
+    assert readme.deciding({"verdict": "holds", "evidence": ev.rsplit("; ", 1)[0]}) == "b: +1.0 [+0.2, +1.8]"
+    assert readme.deciding({"verdict": "not resolved at this scale", "evidence": "needs runs"}) == "needs runs"
+
+
+def test_a_readme_without_markers_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SambookError, match="README.md has no result block"):
+        readme.current_block("# a README\n")
+    fake = tmp_path / "README.md"
+    fake.write_text("# a README without the markers\n")
+    monkeypatch.setattr(readme, "readme_path", lambda: fake)
+    assert readme.main(["--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: README.md has no result block") and err.count("\n") == 1
+    assert readme.main(["--nope"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_site_opens_with_the_readme_summary():
+    text = readme.summary_markdown("_static/headline.png")
+    assert text.startswith("This is a course") and "_static/headline.png" in text
+    assert readme.BEGIN in text and readme.FIGURE_REL not in text
