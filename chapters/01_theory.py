@@ -14,15 +14,32 @@
 # %% [markdown]
 # # 1. The toy model: why SAM can move weight onto a robust feature
 #
-# **Claim (paper, section 4).** In a linear model with one robust feature and many weak
-# non-robust ones, standard training (ST), adversarial training (AT) and SAM all pick a weight
-# $w$ for the robust feature, and both AT and SAM pick a larger one than ST. A larger $w$ means
-# more robustness and slightly less clean accuracy, so SAM "alone" buys robustness, with a weaker
-# effect than AT at comparable budgets.
+# **The question of this chapter.** Can a training method that never sees an adversarial example
+# still make a classifier more robust to one? Wei, Zhu and Zhang answer yes for a toy model that can
+# be solved on paper, and this chapter checks their answer.
 #
-# This chapter checks each of the five theorems three ways: the closed form, a direct numerical
-# optimisation of the exact objective, and actual gradient-descent training of the linear
-# classifier on sampled data, with Monte Carlo error bars. Its last section says what the model
+# **Words used here** (the glossary page of the site collects them all):
+#
+# - *Standard training* (**ST**) minimises the average loss on the training data.
+# - An *adversarial example* is an input moved by a small perturbation $\delta$ chosen to make the
+#   classifier wrong; the *budget* $\epsilon$ bounds its size, here in the L-inf norm (no coordinate
+#   moves by more than $\epsilon$). *Clean accuracy* is the accuracy on unperturbed inputs; *robust
+#   accuracy* at budget $\epsilon$ is the accuracy when every input is attacked within $\epsilon$.
+# - *Adversarial training* (**AT**) trains on adversarial examples: it minimises the worst-case loss
+#   within the budget.
+# - *Sharpness-aware minimisation* (**SAM**) perturbs the *weights* instead of the inputs: it
+#   minimises the worst loss within a radius $\rho$ around the current weights, which favours flat
+#   minima. It never touches an input.
+#
+# **The paper's claim (its section 4).** In a linear model with one robust feature and many weak
+# non-robust ones, ST, AT and SAM all come down to choosing one number, the weight $w$ on the robust
+# feature, and both AT and SAM choose a larger one than ST. A larger $w$ means more robustness and
+# slightly less clean accuracy, so SAM alone buys robustness, with a weaker effect than AT at
+# comparable budgets.
+#
+# This chapter checks each of the paper's five theorems three ways: the closed form, a direct
+# numerical optimisation of the exact objective, and actual gradient-descent training of the linear
+# classifier on sampled data, with Monte Carlo error bars. Its third section says what the model
 # does *not* say, and which SAM the theory covers.
 #
 # **What is the paper's and what is derived here.**
@@ -30,20 +47,24 @@
 # | statement | source |
 # |---|---|
 # | the data model, the accuracy $A(w)$, Theorems 4.1 (ST), 4.2 (AT), 4.3 (SAM condition and $w_{SAM} > w_{ST}$) | the paper |
-# | Theorem 4.4's formula $w_{SAM} = w_{ST}(1 + \rho^2/3d) + O(\rho^4)$ (lost from the seed text) | derived here |
+# | Theorem 4.4's formula $w_{SAM} = w_{ST}(1 + \rho^2/3d) + O(\rho^4)$ (lost from the published text) | derived here |
 # | Theorem 4.5 as $\epsilon/\eta = \rho^2/(3d+\rho^2)$ to leading order, and its exact version | derived here from 4.2 and 4.4 |
 # | robust accuracy $A_\epsilon$, the trainer, the numerical optimisers | written here |
-# | per-sample SAM = L2 AT with radius $\rho\lVert x\rVert/\lVert w\rVert$; first-order and batch-level SAM behave differently | derived here (section 4) |
+# | per-sample SAM = L2 AT with radius $\rho\lVert x\rVert/\lVert\theta\rVert$; first-order and batch-level SAM behave differently | derived here (section 3) |
+#
+# **Symbols.** In this chapter $w$ is one number, the weight on the robust feature; $\theta$ is the
+# whole weight vector of the linear classifier (section 3). Later chapters keep $\theta$ for all the
+# weights of a network. $\eta$ is the mean shift of a non-robust feature, and nothing else in the book.
 
 # %% tags=["parameters"]
-PROFILE = "smoke"     # smoke | cpu | fast | paper: Monte Carlo size of the training runs only
+PROFILE = "cpu"       # smoke | cpu | fast | paper: Monte Carlo size of the training runs only
 P = 0.9               # probability that the robust feature x_1 agrees with the label
 ETA = 0.1             # mean shift of each non-robust feature, in its standard deviations
 D = 100               # number of non-robust features
 EPS_GRID = [0.0, 0.01, 0.02, 0.03, 0.04]     # AT budgets, L-inf on the non-robust features
 RHO_GRID = [0.0, 2.5, 5.0, 7.5, 10.0, 15.0]  # SAM radii for the robust weight (weight units)
 EPS_EVAL = 0.05       # budget of the attack used to measure robust accuracy
-BATCH_RHOS = [0.25, 0.5, 1.0]                # radii for batch-level SAM (section 4)
+BATCH_RHOS = [0.25, 0.5, 1.0]                # radii for batch-level SAM (section 3)
 
 # %%
 import matplotlib.pyplot as plt
@@ -51,8 +72,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from IPython.display import Markdown, display
 
-from lib import report
+from lib import plots, report
 from lib import theory as T
 
 torch.set_num_threads(1)
@@ -89,7 +111,8 @@ print(f"profile {PROFILE}: {len(train_kw['seeds'])} seeds x {train_kw['n_samples
 # robust accuracy: **$w$ is the one dial, and turning it up is what "more robust" means here.**
 # As $w \to \infty$ the classifier uses $x_1$ only and both accuracies tend to $p$.
 #
-# First, the formula against Monte Carlo on fresh samples:
+# First, the formula against Monte Carlo on fresh samples (the last column is the difference in
+# standard errors of the Monte Carlo estimate: values of a few units or less mean agreement):
 
 # %%
 x, y = T.sample(model, 200_000, seed=123)
@@ -102,24 +125,18 @@ for w in [0.0, T.w_st(model), 25.0, 60.0]:
         rows.append({"w": w, "eps": eps, "formula": a, "Monte Carlo": mc,
                      "difference / s.e.": (mc - a) / se})
 del x, y
-pd.DataFrame(rows).round(3)
+formula_check = pd.DataFrame(rows)
+display(Markdown(f"Over these {len(formula_check)} cases the largest difference is "
+                 f"{formula_check['difference / s.e.'].abs().max():.1f} standard errors."))
+formula_check.round(3)
+
+# %% [markdown]
+# The figure draws $A_\epsilon(w)$ for a few budgets. Each curve peaks at its own $w_{AT}(\epsilon)$
+# (the vertical lines), further right for a larger budget; far right, every curve flattens towards
+# $p$, the accuracy of the robust feature alone.
 
 # %%
-w_axis = np.linspace(-5, 80, 600)
-curves = pd.concat([pd.DataFrame({"w": w_axis, "accuracy": T.accuracy(model, w_axis, e),
-                                  "attack": f"eps = {e:g}" + (" (clean)" if e == 0 else "")})
-                    for e in [0.0, 0.02, EPS_EVAL, 0.08]])
-fig, ax = plt.subplots(figsize=(7.5, 4.2))
-sns.lineplot(curves, x="w", y="accuracy", hue="attack", palette="rocket_r", ax=ax)
-for e, ls in [(0.0, "-"), (0.02, "--"), (EPS_EVAL, "-."), (0.08, ":")]:
-    ax.axvline(float(T.w_at(model, e)), color="grey", lw=0.8, ls=ls)
-ax.axhline(P, color="black", lw=0.8, ls=":")
-ax.text(79, P + 0.005, "p: robust feature alone", ha="right", va="bottom", fontsize=8)
-ax.set(title=f"Accuracy of sign(w x_1 + sum x_j), p={P:g}, eta={ETA:g}, d={D}\n"
-             "(vertical lines: the peak w_AT(eps) of each curve; eps=0 gives w_ST)",
-       xlabel="w: weight on the robust feature (units of a non-robust weight)",
-       ylabel="accuracy (fraction of test points)")
-ax.legend(title="L-inf attack on non-robust features", fontsize=8, title_fontsize=8)
+fig = plots.accuracy_vs_w(model, [0.0, 0.02, EPS_EVAL, 0.08])
 report.savefig(fig, "01_accuracy_vs_w")
 plt.show()
 
@@ -134,11 +151,12 @@ plt.show()
 # * **Trained**: gradient descent on sampled data. The non-robust weights stay at 1 and $w$ starts
 #   at 0; the loss is the 0-1 loss smoothed into $\Phi(-m/\tau)$ with $\tau = 0.05\sqrt d$ (this
 #   moves the optimum by a factor $1 + \tau^2/d = 1.0025$, far below the Monte Carlo error).
-#   AT computes the worst-case L-inf shift at every step (PGD lands exactly there on a linear
-#   model; checked below); SAM evaluates the loss at $w-\rho$ and $w+\rho$ and descends on the
-#   worse of the two. Steps are normalised ($w \leftarrow w - \mathrm{lr}_k\, g/|g|$) with a
-#   linearly decaying step. Each seed is an independent data set; we report mean $\pm$ standard
-#   error over seeds, and $z$ = (trained - closed form) / s.e.
+#   AT computes the worst-case L-inf shift at every step (PGD, the iterative attack of chapter 2,
+#   lands exactly there on a linear model; checked below); SAM evaluates the loss at $w-\rho$ and
+#   $w+\rho$ and descends on the worse of the two. Steps are normalised
+#   ($w \leftarrow w - \mathrm{lr}_k\, g/|g|$) with a linearly decaying step. Each seed is an
+#   independent data set; we report mean $\pm$ standard error over seeds, and
+#   $z$ = (trained - closed form) / s.e.
 
 # %%
 theta = torch.cat([torch.tensor([T.w_st(model)]), torch.ones(D)]).double()
@@ -208,6 +226,10 @@ print("trained w_SAM - w_ST (paired by seed):",
 sam_table.round({"closed form (root)": 3, "small-rho expansion": 3, "numerical optimum": 3,
                  "trained mean": 2, "trained s.e.": 2, "z": 1})
 
+# %% [markdown]
+# Both theorems in one table and one figure: for each method, the weight the closed form predicts,
+# the numerical optimum of the exact objective, and the trained weight.
+
 # %%
 both = pd.concat([
     at_table[["closed form", "numerical optimum", "trained mean", "trained s.e.", "z"]]
@@ -216,7 +238,12 @@ both = pd.concat([
     .rename(columns={"closed form (root)": "closed form"}).rename(index=lambda r: f"SAM rho={r:g}"),
 ])
 both.index.name = "method"
-print(f"largest |z| over {len(both)} rows: {both['z'].abs().max():.1f}")
+worst = both["z"].abs().idxmax()
+display(Markdown(
+    f"Over the {len(both)} rows, the trained weight is at most {both['z'].abs().max():.1f} standard errors "
+    f"from the closed form (row {worst}). AT moves w from {T.w_st(model):.2f} (ST) to "
+    f"{both.loc[f'AT eps={EPS_GRID[-1]:g}', 'closed form']:.2f} at ε = {EPS_GRID[-1]:g}; SAM to "
+    f"{both.loc[f'SAM rho={RHO_GRID[-1]:g}', 'closed form']:.2f} at ρ = {RHO_GRID[-1]:g}."))
 report.save_table(both, "01_theorems_three_ways", floatfmt=".3f",
                   caption=f"Weight w on the robust feature (p={P:g}, eta={ETA:g}, d={D}, "
                           f"{PROFILE} profile): closed form, numerical optimum of the exact "
@@ -224,37 +251,7 @@ report.save_table(both, "01_theorems_three_ways", floatfmt=".3f",
 both.round(3)
 
 # %%
-eps_line = np.linspace(0, 0.08, 200)
-rho_line = np.linspace(0, 20, 200)
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-ax = axes[0]
-ax.plot(eps_line, T.w_at(model, eps_line), color="C0", label="closed form (Thm 4.2)")
-ax.plot(at_table.index, at_table["numerical optimum"], "x", color="black", ms=8,
-        label="numerical optimum")
-report.errorbars(ax, at_table.index, at_table["trained mean"], at_table["trained s.e."], "C3",
-                 "trained (mean +- s.e.)")
-ax.set(title="AT: robust weight against the training budget",
-       xlabel="eps: L-inf budget on the non-robust features (feature s.d. units)",
-       ylabel="w: weight on the robust feature")
-ax = axes[1]
-ax.plot(rho_line, T.w_sam(model, rho_line), color="C0",
-        label="closed form: root of A(w-rho)=A(w+rho)")
-ax.plot(rho_line, T.w_sam_small_rho(model, rho_line), "--", color="C2",
-        label="small-rho expansion (Thm 4.4)")
-ax.plot(sam_table.index, sam_table["numerical optimum"], "x", color="black", ms=8,
-        label="numerical optimum")
-report.errorbars(ax, sam_table.index, sam_table["trained mean"], sam_table["trained s.e."], "C3",
-                 "trained (mean +- s.e.)")
-ax.set(title="SAM: robust weight against the radius",
-       xlabel="rho: radius of the perturbation of w (weight units)",
-       ylabel="w: weight on the robust feature")
-for ax in axes:
-    ax.axhline(T.w_st(model), color="grey", lw=0.8, ls=":")
-    ax.text(0.99, T.w_st(model), "w_ST ", va="top", ha="right", fontsize=8, color="grey",
-            transform=ax.get_yaxis_transform())
-    ax.legend(fontsize=8)
-fig.suptitle(f"Where AT and SAM put the weight (p={P:g}, eta={ETA:g}, d={D}; "
-             f"{PROFILE} profile, {len(train_kw['seeds'])} seeds)", y=1.02)
+fig = plots.weight_vs_perturbation(model, at_table, sam_table, len(train_kw["seeds"]), PROFILE)
 report.savefig(fig, "01_weight_vs_perturbation")
 plt.show()
 
@@ -267,16 +264,7 @@ err = np.abs(T.w_sam(model, rho_small) - T.w_sam_small_rho(model, rho_small))
 slope = np.polyfit(np.log(rho_small[:6]), np.log(err[:6]), 1)[0]
 print(f"log-log slope of the expansion error for rho <= {rho_small[5]:.2g}: {slope:.2f} (theory: 4)")
 print(f"relative error at rho = 2: {float(err[rho_small <= 2][-1] / T.w_sam(model, rho_small[rho_small <= 2][-1])):.1e}")
-fig, ax = plt.subplots(figsize=(6, 4))
-ax.loglog(rho_small, err, "o-", label="|w_SAM - w_ST (1 + rho^2/3d)|")
-ax.loglog(rho_small, err[0] * (rho_small / rho_small[0]) ** 4, "--", color="grey",
-          label="slope 4 reference")
-ax.set(title=f"Theorem 4.4: error of the small-rho expansion (d={D})",
-       xlabel="rho: radius of the perturbation of w (weight units, log scale)",
-       ylabel="absolute error in w (log scale)")
-ax.set_xticks([0.25, 0.5, 1, 2, 4, 8], labels=["0.25", "0.5", "1", "2", "4", "8"])
-ax.xaxis.set_minor_formatter(plt.NullFormatter())
-ax.legend(fontsize=8)
+fig = plots.small_rho_error(model, rho_small, err)
 report.savefig(fig, "01_small_rho_error")
 plt.show()
 
@@ -284,48 +272,26 @@ plt.show()
 # ### The trade-off
 # Since both methods only move $w$, their clean and robust accuracies follow from $A_\epsilon(w)$.
 # Robust accuracy is measured against an attack of budget `EPS_EVAL` on the non-robust features.
-# The trained points use the exact accuracy of each trained $w$ (mean $\pm$ s.e. over seeds).
+# The trained points use the exact accuracy of each trained $w$ (mean $\pm$ s.e. over seeds). The
+# left and middle panels draw accuracy against each method's own dial; the right panel puts both
+# methods on one plane of clean against robust accuracy.
 
 # %%
-def accuracies(w_values):
-    w_values = np.asarray(w_values)
-    return T.accuracy(model, w_values), T.accuracy(model, w_values, EPS_EVAL)
-
-
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), layout="constrained")
-for ax, sizes, line, w_line, trained, name, xlabel in [
-        (axes[0], EPS_GRID, eps_line, T.w_at(model, eps_line), at_trained, "AT",
-         "eps: AT training budget (feature s.d. units)"),
-        (axes[1], RHO_GRID, rho_line, T.w_sam(model, rho_line), sam_trained, "SAM",
-         "rho: SAM radius (weight units)")]:
-    clean, robust = accuracies(w_line)
-    ax.plot(line, clean, color="C0", label="clean, closed form")
-    ax.plot(line, robust, color="C1", label=f"robust (eps={EPS_EVAL:g}), closed form")
-    for acc, color in zip(accuracies(trained), ["C0", "C1"]):
-        m, s = T.mean_se(acc)
-        report.errorbars(ax, sizes, m, s, color)
-    ax.set(title=f"{name}: accuracy against the perturbation size", xlabel=xlabel,
-           ylabel="accuracy (fraction)")
-    ax.legend(fontsize=8, title="dots: trained, mean +- s.e.", title_fontsize=8)
-ax = axes[2]
-for w_line, name, style in [(T.w_at(model, eps_line), "AT, eps in [0, 0.08]", "-"),
-                            (T.w_sam(model, rho_line), "SAM, rho in [0, 20]", "--")]:
-    clean, robust = accuracies(w_line)
-    ax.plot(clean, robust, style, label=name, lw=2)
-c0, r0 = accuracies(T.w_st(model))
-ax.plot(c0, r0, "k*", ms=12, label="ST")
-ax.set(title="Both move along the same frontier", xlabel="clean accuracy (fraction)",
-       ylabel=f"robust accuracy at eps={EPS_EVAL:g} (fraction)")
-ax.legend(fontsize=8)
-fig.suptitle(f"Clean vs robust accuracy (p={P:g}, eta={ETA:g}, d={D})")
+fig = plots.accuracy_tradeoff(model, EPS_GRID, RHO_GRID, at_trained, sam_trained, EPS_EVAL)
 report.savefig(fig, "01_accuracy_tradeoff")
 plt.show()
+clean_st, robust_st = T.accuracy(model, T.w_st(model)), T.accuracy(model, T.w_st(model), EPS_EVAL)
+w_big = float(np.ravel(T.w_sam(model, RHO_GRID[-1]))[0])
+display(Markdown(
+    f"At ρ = {RHO_GRID[-1]:g}, SAM's weight {w_big:.2f} gives clean accuracy "
+    f"{T.accuracy(model, w_big):.4f} (ST: {clean_st:.4f}) and robust accuracy at ε = {EPS_EVAL:g} of "
+    f"{T.accuracy(model, w_big, EPS_EVAL):.4f} (ST: {robust_st:.4f})."))
 
 # %% [markdown]
 # In this model AT and SAM are two ways of choosing a point on *one* curve: SAM's radius buys the
 # same move as a (much smaller-looking) AT budget. Note what the model cannot reproduce: $w_{ST}$
-# is the Bayes classifier, so any move to the right costs clean accuracy. The paper's
-# CIFAR observation that SAM *raises* clean accuracy (claim 1) has no counterpart here.
+# is the Bayes classifier, so any move to the right costs clean accuracy. The paper's CIFAR
+# observation that SAM *raises* clean accuracy has no counterpart here.
 #
 # ### Theorem 4.5: the $\epsilon$ that matches each $\rho$
 # Setting $w_{AT}(\epsilon) = w_{SAM}(\rho)$ gives exactly $\epsilon = \eta(1 - w_{ST}/w_{SAM}(\rho))$,
@@ -349,35 +315,31 @@ eps_table = pd.DataFrame({
 report.save_table(eps_table, "01_eps_matching_rho", floatfmt=".4f",
                   caption="Theorem 4.5: the AT budget eps (L-inf, non-robust features) giving "
                           "the same robust weight as SAM with radius rho.")
-
-fig, ax = plt.subplots(figsize=(7, 4.3))
-ax.plot(rho_line, T.eps_matching_rho_small(model, rho_line), "--", color="C2",
-        label="leading order: eta rho^2/(3d + rho^2)")
-ax.plot(rho_line, T.eps_matching_rho(model, rho_line), color="C0",
-        label="exact: eta (1 - w_ST / w_SAM(rho))")
-ax.plot(rho_pos, eps_table["numerical"], "x", color="black", ms=8, label="numerical optima")
-report.errorbars(ax, rho_pos, em, es, "C3", "trained (mean +- s.e.)")
-ax.set(title=f"Theorem 4.5: the AT budget that gives the same w as SAM (d={D}, eta={ETA:g})",
-       xlabel="rho: SAM radius (weight units)",
-       ylabel="matching eps (L-inf, feature s.d. units)")
-ax.legend(fontsize=8)
+fig = plots.eps_matching_rho(model, rho_pos, eps_table["numerical"], em, es)
 report.savefig(fig, "01_eps_matching_rho")
 plt.show()
 eps_table.round(4)
 
+# %%
+lead_err = (eps_table["leading order"] / eps_table["exact (closed form)"] - 1).abs()
+rho_ten = 10.0 if 10.0 in eps_table.index else eps_table.index[-1]
+display(Markdown(
+    f"With p = {P:g}, η = {ETA:g}, d = {D} the leading-order formula is within "
+    f"{100 * lead_err.max():.1f} % of the exact one at every radius of the grid (the largest gap, at "
+    f"ρ = {lead_err.idxmax():g}, is the O(ρ⁴) term the expansion drops). A radius of ρ = {rho_ten:g}, "
+    f"{rho_ten:g} times a non-robust weight, buys what an AT budget of "
+    f"ε = {eps_table.loc[rho_ten, 'exact (closed form)']:.4f} buys, "
+    f"{eps_table.loc[rho_ten, 'exact (closed form)'] / ETA:.2f} of η."))
+
 # %% [markdown]
-# With the default parameters ($p=0.9$, $\eta=0.1$, $d=100$) the leading-order formula is good to
-# about 2 % up to $\rho = 10$; beyond that the exact curve bends away (the $O(\rho^4)$ term). A
-# radius of $\rho = 10$, ten times the non-robust weights, buys what an AT budget of a quarter of
-# $\eta$ buys.
-#
-# ## 4. What the paper's model does not say
+# ## 3. What the paper's model does not say
 #
 # **Which SAM.** The theory's SAM is (i) on the population 0-1 accuracy, (ii) perturbs only the
 # robust weight, in units where the non-robust weights are 1, and (iii) solves the inner problem
 # exactly (the worse end of $[w-\rho, w+\rho]$). SAM as used in practice differs in all three: a
 # smooth loss (cross-entropy), one perturbation of *all* weights in an L2 ball shared by the whole
-# batch, and a single normalised gradient step for the inner problem. Each difference matters.
+# batch, and a single normalised gradient step for the inner problem (chapter 2 writes that step
+# out). Each difference matters.
 #
 # **(a) The one-step inner problem.** In one dimension the usual SAM perturbation is
 # $v = \rho\,\mathrm{sign}(L'(w))$: it always points away from the minimum of a single-valley loss,
@@ -399,26 +361,27 @@ print(f"max |first-order SAM - ST| over radii and seeds: {np.abs(fo_trained - sa
 inner_table.round(3)
 
 # %% [markdown]
-# **(b) Per-sample SAM is L2 adversarial training.** For a linear model and a loss of the margin,
-# perturbing the weights per sample gives
-# $\max_{\lVert v\rVert\le\rho} \ell(y(w+v)^\top x) = \ell(y w^\top x - \rho\lVert x\rVert)$, while an
-# L2 input attack of radius $r$ gives $\ell(y w^\top x - r\lVert w\rVert)$. They coincide for
-# $r = \rho\lVert x\rVert/\lVert w\rVert$: with $\lVert w\rVert = 1$, per-sample SAM *is* L2 AT with
+# **(b) Per-sample SAM is L2 adversarial training.** Write $\theta$ for the whole weight vector
+# $(w, 1, \dots, 1)$ of the linear classifier. For a loss of the margin, perturbing the weights per
+# sample gives
+# $\max_{\lVert v\rVert\le\rho} \ell(y(\theta+v)^\top x) = \ell(y \theta^\top x - \rho\lVert x\rVert)$, while an
+# L2 input attack of radius $r$ gives $\ell(y \theta^\top x - r\lVert \theta\rVert)$. They coincide for
+# $r = \rho\lVert x\rVert/\lVert \theta\rVert$: with $\lVert \theta\rVert = 1$, per-sample SAM *is* L2 AT with
 # radius $\rho\lVert x\rVert$ (here $\lVert x\rVert \approx \sqrt{d+1}$). Note that an L2 attacker
 # may also move $x_1$, so this is a different threat model from the theorems' L-inf one.
 
 # %%
 xs, ys = T.sample(model, 1000, seed=11)
 theta = torch.cat([torch.tensor([5.0]), torch.ones(D)]).double()
-theta = theta / theta.norm()                                       # ||w|| = 1
+theta = theta / theta.norm()                                       # ||theta|| = 1
 rho = 0.3
 per_sample = T.per_sample_sam_loss(theta, xs, ys, rho)
 l2_at = T.l2_adversarial_loss(theta, xs, ys, rho * xs.norm(dim=1) / theta.norm())
 v_star = -rho * ys[:, None] * xs / xs.norm(dim=1, keepdim=True)    # the per-sample worst v
 direct = torch.nn.functional.softplus(-ys * ((theta + v_star) * xs).sum(1))
 print("per-sample SAM = L2 AT (to 1e-12):", (per_sample - l2_at).abs().max().item() < 1e-12)
-print("per-sample SAM = loss at w + v* (to 1e-12):", (per_sample - direct).abs().max().item() < 1e-12)
-print(f"radius rho ||x|| / ||w||: mean {float((rho * xs.norm(dim=1)).mean()):.3f}, "
+print("per-sample SAM = loss at theta + v* (to 1e-12):", (per_sample - direct).abs().max().item() < 1e-12)
+print(f"radius rho ||x|| / ||theta||: mean {float((rho * xs.norm(dim=1)).mean()):.3f}, "
       f"s.d. {float((rho * xs.norm(dim=1)).std()):.3f} (feature units)")
 
 # %% [markdown]
@@ -447,33 +410,17 @@ batch = batch.sort_index()
 report.save_table(batch, "01_batch_sam", floatfmt=".4f",
                   caption="Robust weight theta_1/theta_j chosen by batch-level SAM (L2 ball over "
                           f"all weights) on the population loss; w_ST = {T.w_st(model):.4f}.")
-
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-ax = axes[0]
-ax.plot(rho_line, T.w_sam(model, rho_line), color="C0", label="Thm 4.3 (exact inner max)")
-report.errorbars(ax, RHO_GRID, sam_mean, sam_se, "C3", "trained, exact inner max")
-report.errorbars(ax, fo_rhos, fo_mean, fo_se, "C4", "trained, first-order SAM step", fmt="s")
-ax.set(title="The theory's SAM, inner problem exact vs one step",
-       xlabel="rho: radius of the perturbation of w (weight units)",
-       ylabel="w: weight on the robust feature")
-ax = axes[1]
-for col, marker in [("exponential loss", "o-"), ("logistic loss", "s-")]:
-    ax.plot(batch.index, batch[col], marker, label=col)
-ax.set(title="Batch-level SAM on all weights (population)",
-       xlabel="rho: L2 radius of the shared weight perturbation (units of theta)",
-       ylabel="w = theta_1 / theta_j")
-for ax in axes:
-    ax.axhline(T.w_st(model), color="grey", lw=0.8, ls=":")
-    ax.text(0.99, T.w_st(model), "w_ST ", va="top", ha="right", fontsize=8, color="grey",
-            transform=ax.get_yaxis_transform())
-    ax.legend(fontsize=8, loc="center right" if ax is axes[1] else "upper left")
-fig.suptitle("Which SAM? The shift towards the robust feature depends on the variant", y=1.02)
+fig = plots.which_sam(model, RHO_GRID, sam_mean, sam_se, fo_rhos, fo_mean, fo_se, batch)
 report.savefig(fig, "01_which_sam")
 plt.show()
+display(Markdown(
+    f"At ρ = {BATCH_RHOS[-1]:g} batch-level SAM puts w = {batch.loc[BATCH_RHOS[-1], 'exponential loss']:.4f} "
+    f"(exponential loss) and {batch.loc[BATCH_RHOS[-1], 'logistic loss']:.4f} (logistic loss), against "
+    f"w_ST = {T.w_st(model):.4f}."))
 batch.round(4)
 
 # %% [markdown]
-# **Summary.**
+# ## 4. Summary
 #
 # * Theorems 4.1-4.3 hold as stated: closed forms, numerical optima and trained classifiers agree
 #   (table `01_theorems_three_ways`; $|z|$ is within Monte Carlo error at this profile's size).
@@ -486,3 +433,64 @@ batch.round(4)
 #   loss) or reverses (logistic loss). Per-sample SAM on a linear model is L2 adversarial training.
 #   So the toy model shows that *a* sharpness-aware objective can favour the robust feature; it does
 #   not by itself explain why SAM as run on CIFAR does. The later chapters measure that directly.
+#
+# ## 5. Exercises
+#
+# **1.** Which AT budget $\epsilon$ doubles the robust weight, $w_{AT}(\epsilon) = 2\,w_{ST}$? Answer
+# in terms of $\eta$, then check it with `T.w_at`.
+#
+# <details><summary>Solution</summary>
+#
+# Theorem 4.2 gives $w_{AT}(\epsilon) = w_{ST}\,\eta/(\eta-\epsilon)$, so the ratio is 2 when
+# $\epsilon = \eta/2$. The cell below checks it.
+#
+# </details>
+
+# %%
+ratio = float(np.ravel(T.w_at(model, ETA / 2))[0]) / T.w_st(model)
+print(f"w_AT(eta/2) / w_ST = {ratio:.6f}")
+assert abs(ratio - 2) < 1e-9
+
+# %% [markdown]
+# **2.** By the small-$\rho$ expansion of Theorem 4.4, which radius would double $w$? Is the
+# expansion still accurate there?
+#
+# <details><summary>Solution</summary>
+#
+# $1 + \rho^2/3d = 2$ gives $\rho = \sqrt{3d}$. That is far outside the small-$\rho$ range: the exact
+# root of Theorem 4.3 (`T.w_sam`) at that radius is printed by the cell below, and it falls short
+# of $2\,w_{ST}$, as the bending of the exact curve away from the expansion in the Theorem 4.5
+# figure suggests.
+#
+# </details>
+
+# %%
+rho_double = np.sqrt(3 * D)
+exact_ratio = float(np.ravel(T.w_sam(model, rho_double))[0]) / T.w_st(model)
+print(f"rho = sqrt(3d) = {rho_double:.2f}: expansion predicts w/w_ST = 2, exact root gives {exact_ratio:.3f}")
+assert abs(float(np.ravel(T.w_sam_small_rho(model, rho_double))[0]) / T.w_st(model) - 2) < 1e-9
+
+# %% [markdown]
+# **3.** On CIFAR-10 the paper reports that SAM raises clean accuracy as well as robust accuracy.
+# Why can this toy model never show that?
+#
+# <details><summary>Solution</summary>
+#
+# $w_{ST}$ is the Bayes classifier of the toy distribution (its log-odds are
+# $\ln\frac{p}{1-p}\,x_1 + 2\eta\sum_j x_j$), so no other $w$ has higher clean accuracy: every move
+# to the right, by AT or SAM, costs some. A clean-accuracy gain needs something the model leaves
+# out, for example a finite training set on which ST overfits.
+#
+# </details>
+#
+# **4.** In section 3(a), why does the first-order SAM step, trained with normalised steps, give
+# exactly ST's trajectory?
+#
+# <details><summary>Solution</summary>
+#
+# In one dimension the first-order perturbation is $v = \rho\,\mathrm{sign}(L'(w))$, a step uphill,
+# away from the minimum of the single-valley loss. The gradient at $w + v$ therefore has the same
+# sign as $L'(w)$. A normalised step uses only that sign, so every update is
+# $w \leftarrow w - \mathrm{lr}_k\,\mathrm{sign}(L'(w))$, exactly ST's update.
+#
+# </details>

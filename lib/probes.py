@@ -251,6 +251,31 @@ def flatness_pair(model, x, y, random_rho: float = 0.1, worst_rho: float = 0.01,
             {"kind": "worst", "rho": worst_rho, "increase": flatness(model, x, y, worst_rho, "worst", steps=1)}]
 
 
+def network_and_batch(run, n: int = 32, data_root=None):
+    """(model, x, y, trained): a run's network in eval mode on the CPU and its first ``n`` test images in
+    [0, 1] with their labels, for the checks a chapter writes out (chapter 2's SAM and PGD).
+
+    ``trained`` is True when the run's weights are here; committed results carry no weights, and then the
+    network is a fresh one of the same shape, initialised with the run's seed (the checks compare two
+    implementations of one step, which needs real images but not trained weights).
+
+    Example: ``model, x, y, trained = network_and_batch(run, n=32)``.
+    """
+    from . import runs
+    from .models import build_model
+    c = run.config
+    if run.has_weights:
+        model, trained = runs.load_model(run, "cpu"), True
+    else:
+        with torch.random.fork_rng():                    # the caller's random state is left as it was
+            torch.manual_seed(c.seed)
+            model, trained = build_model(c.num_classes, c.width, c.dataset).eval(), False
+    data = runs.load_data(c, data_root)
+    x = data.x_test[:n]
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    return model, x.contiguous(), data.y_test[:n].clone(), trained
+
+
 # --------------------------------------------------------------------------------------------------
 # The cache over a finished run
 
