@@ -261,27 +261,66 @@ def eval_path(run_path: Path, name: str, n: int | None) -> Path:
 
 
 def _load_valid(path: Path, proto: Protocol | None, weights: str | None):
+    """The record at ``path`` if it passes :func:`check_record` (else None: it is computed again)."""
     try:
-        rec = read_json(path)
-    except (OSError, ValueError):
-        return None
-    if weights and rec.get("weights_sha") != weights:
+        rec = check_record(path, read_json(path), weights)
+    except (OSError, ValueError, SambookError):
         return None
     if proto is not None and rec.get("protocol_digest") != proto.digest():
         return None
     return rec
 
 
+class ResultError(SambookError):
+    """A committed or cached result that cannot be used as it is: unreadable, or inconsistent with its run."""
+
+
+def _restore_hint(path: Path) -> str:
+    return (f"restore it from git (git checkout -- {path}) or evaluate again "
+            f"(python -m lib evaluate --run {path.parent.parent} --protocol <name> --force, which needs the weights)")
+
+
+def check_record(path: Path, rec, weights: str | None) -> dict:
+    """``rec`` (read from ``path``) if it is a whole evaluation record of this run's weights; else a
+    :class:`ResultError` naming the file, what is wrong and what to do. Never a silent skip: a dropped record
+    would drop a seed from every mean and paired difference without a word."""
+    path = Path(path)
+    if not isinstance(rec, dict) or not {"protocol", "n", "natural", "threats", "clean"} <= set(rec):
+        raise ResultError(f"{path}: not an evaluation record (keys missing); {_restore_hint(path)}")
+    if weights and rec.get("weights_sha") != weights:
+        raise ResultError(f"{path}: made from other weights ({rec.get('weights_sha')}) than its run's metrics.json "
+                          f"names ({weights}); {_restore_hint(path)}")
+    name = rec["protocol"]
+    if name not in PROTOCOLS or rec.get("protocol_digest") != PROTOCOLS[name].digest():
+        raise ResultError(f"{path}: protocol {name!r} is unknown or was defined differently when this record was "
+                          f"made (digest {rec.get('protocol_digest')}); {_restore_hint(path)}")
+    stem = f"{name}-n{'all' if rec['n'] == rec.get('test_images') else rec['n']}"
+    if path.stem != stem and not (rec["n"] == rec.get("test_images") and path.stem == f"{name}-n{rec['n']}"):
+        raise ResultError(f"{path}: holds {rec['n']} of {rec.get('test_images')} test images, which its name does "
+                          f"not say; {_restore_hint(path)}")
+    try:
+        masks = [unpack(rec["clean"], rec["n"])] + [unpack(v["robust"], rec["n"]) for v in rec["threats"].values()]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ResultError(f"{path}: per-example outcomes unreadable ({e}); {_restore_hint(path)}") from None
+    if any(len(m) != rec["n"] for m in masks):
+        raise ResultError(f"{path}: per-example outcomes cover fewer than its {rec['n']} images; {_restore_hint(path)}")
+    if abs(100.0 * masks[0].mean() - rec["natural"]) > 1e-6:
+        raise ResultError(f"{path}: its clean accuracy does not match its per-example outcomes; {_restore_hint(path)}")
+    return rec
+
+
 def evaluations(run) -> list[dict]:
-    """Every valid evaluation record in a run's folder (for the run's current weights)."""
+    """Every evaluation record in a run's folder, each checked (:func:`check_record`): an unreadable,
+    truncated or inconsistent record is an error naming the file, never a record quietly left out."""
     folder = Path(run.path) / EVAL_DIR
     weights = run.metrics.get("weights_sha")
     out = []
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        rec = _load_valid(f, None, weights)
-        if rec is not None and rec.get("protocol") in PROTOCOLS and rec.get("protocol_digest") == \
-                PROTOCOLS[rec["protocol"]].digest():
-            out.append(rec)
+        try:
+            rec = read_json(f)
+        except (OSError, ValueError) as e:
+            raise ResultError(f"{f}: unreadable ({type(e).__name__}: {str(e)[:80]}); {_restore_hint(f)}") from None
+        out.append(check_record(f, rec, weights))
     return out
 
 
@@ -309,6 +348,11 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
         rec = _load_valid(path, proto, weights)
         if rec is not None:
             return rec
+        if cached_only:         # say what is wrong with the file, not only that no result is here
+            try:
+                check_record(path, read_json(path), weights)
+            except (OSError, ValueError) as e:
+                raise ResultError(f"{path}: unreadable ({type(e).__name__}); {_restore_hint(path)}") from None
     if cached_only:
         raise SambookError(f"{run.path.name}: not evaluated under protocol {name!r} with "
                            f"n={n if n is not None else 'all'} (cached results only here)")
@@ -361,6 +405,7 @@ def common_worst(run, names, threats=None, n: int | None = None, recs=None) -> d
     on another), this measures every model that has ``names`` with the same attacks on the same images:
     the like-for-like number for comparing models. A threat some protocol of ``names`` did not measure
     on the model is left out. ``recs``: the run's :func:`evaluations`, when the caller has read them.
+    ``ok``: the per-example outcome (True: no protocol broke the image), for intervals over test images.
     """
     chosen = {}
     for r in evaluations(run) if recs is None else recs:      # a protocol run on several subsets: its largest
@@ -376,7 +421,7 @@ def common_worst(run, names, threats=None, n: int | None = None, recs=None) -> d
         ok = np.ones(m, dtype=bool)
         for r in chosen.values():
             ok &= unpack(r["threats"][t]["robust"], r["n"])[:m]
-        out[t] = {"acc": 100.0 * ok.mean(), "n": m}
+        out[t] = {"acc": 100.0 * ok.mean(), "n": m, "ok": ok}
     return out
 
 

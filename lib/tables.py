@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from .attacks import THREAT_NAMES, threat_label
+from .stats import ALPHA, HOLDS, OPEN, REFUTED, Estimate, crossed_bootstrap_se, estimate, judge, seed_interval
 
 COLUMNS = ["natural", *THREAT_NAMES]
 COLUMN_LABELS = {"natural": "Natural", **{t: threat_label(t).replace("L-inf", "Linf") for t in THREAT_NAMES}}
@@ -92,7 +93,7 @@ def run_row(result) -> dict:
     protocol alone on those images; cost: ``train_seconds,
     passes_per_step, images_per_second`` and ``cpu``, the processor that trained the run.
     """
-    from .protocols import common_worst, evaluations, worst_case
+    from .protocols import common_worst, evaluations, unpack, worst_case
     m, c = result.metrics, result.config
     row = {"label": m["label"], "method": m["method"], "seed": m["seed"], "profile": m["profile"],
            "dataset": m["dataset"], "rho": c.rho, "norm": c.norm if c.spec.adversarial else "",
@@ -101,14 +102,20 @@ def run_row(result) -> dict:
            "precision": m.get("precision"), "attack_precision": m.get("attack_precision"),
            "fingerprint": m.get("fingerprint"), "cpu": m.get("cpu"), "run": result.path.name}
     recs = evaluations(result)        # read once: the unions below take them
-    for rec in recs:
+    # a protocol run on several subsets: its largest record gives the row's numbers
+    for rec in sorted(recs, key=lambda r: r["n"]):
         p = rec["protocol"]
         row[f"{p}_n"] = rec["n"]
         row[f"{p}_natural"] = rec["natural"]
         for t, v in rec["threats"].items():
             row[f"{p}_{t}"] = v["acc"]
         if p == "paper":
+            # per-example outcomes (True: correct, or robust) for intervals over test images (lib.stats)
             row["natural"] = rec["natural"]
+            row[_mask_key("natural")] = unpack(rec["clean"], rec["n"])
+            row["labels_digest"] = rec.get("labels_digest")
+            for t, v in rec["threats"].items():
+                row[_mask_key(f"paper_{t}")] = unpack(v["robust"], rec["n"])
     for t, w in worst_case(result, recs=recs).items():
         row[f"worst_{t}"] = w["acc"]
         row[f"ncommon_{t}"] = w["n_common"]
@@ -125,6 +132,8 @@ def run_row(result) -> dict:
         for t, w in strict.items():
             row[f"strict_{t}"] = w["acc"]
             row[f"papersub_{t}"] = paper_there[t]["acc"]
+            row[_mask_key(f"strict_{t}")] = w["ok"]
+            row[_mask_key(f"papersub_{t}")] = paper_there[t]["ok"]
     return row
 
 
@@ -286,70 +295,86 @@ def autoattack_checks(df, checks=AUTOATTACK_CHECKS, flag_above: float = 3.0):
 
 
 # --------------------------------------------------------------------------------------------------
-# Claims, judged over seeds
+# Claims, judged over seeds and test images (lib.stats)
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def mean_ci(values) -> tuple[float, float, float, int]:
-    """(mean, lower, upper, n): the mean and its 95 % t-interval. The interval is NaN with one value, and
-    also when the values are all equal (up to float rounding): a sample spread of zero is no estimate of
-    the noise, and a zero-width interval would read any difference as resolved."""
-    v = np.asarray([x for x in values if x == x], dtype=float)
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    m = float(v.mean())
-    if n < 2 or float(np.ptp(v)) <= 1e-9 * max(1.0, float(np.abs(v).max())):
-        return m, math.nan, math.nan, n
-    half = T975.get(n - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(n)
-    return m, m - half, m + half, n
+def _seeds_expected(df) -> int | None:
+    """How many seeds the frame's profile has (None when unknown): a cell with fewer says so."""
+    from .config import PROFILES
+    if "profile" not in df or df.empty:
+        return None
+    p = PROFILES.get(str(df["profile"].iloc[0]))
+    return len(p.seeds) if p is not None else None
 
 
-def paired(df, label_a: str, label_b: str, column: str) -> list[float]:
-    """a - b per seed, for the seeds both labels have."""
-    a = df[df["label"] == label_a].set_index("seed")[column]
-    b = df[df["label"] == label_b].set_index("seed")[column]
-    seeds = sorted(set(a.index) & set(b.index))
-    return [float(a[s] - b[s]) for s in seeds]
+def _mask_key(key: str) -> str:
+    return f"ok_{key}"
 
 
-def verdict(intervals, direction: int = +1, margin: float = 0.0) -> str:
-    """``holds`` when every interval lies beyond ``margin`` in ``direction``; ``does not hold`` when any
-    lies entirely on the other side of it; else ``not resolved at this scale`` (also with one seed)."""
-    ivs = [(lo, hi) for _, lo, hi, _ in intervals]
-    if not ivs or any(lo != lo for lo, _ in ivs):
-        return "not resolved at this scale"
-    if direction > 0:
-        if all(lo > margin for lo, _ in ivs):
-            return "holds"
-        if any(hi < margin for _, hi in ivs):
-            return "does not hold"
-    else:
-        if all(hi < margin for _, hi in ivs):
-            return "holds"
-        if any(lo > margin for lo, _ in ivs):
-            return "does not hold"
-    return "not resolved at this scale"
+def contrast_matrix(df, terms, key: str):
+    """The per-example contrast ``sum(weight * outcome)`` of ``terms`` ([(label, weight)]) at column ``key``:
+    a matrix (test images x seeds) over the seeds every label has, where every run of them carries its
+    per-example outcomes (``ok_<key>``, from the evaluation records) on the same images; otherwise the
+    vector of per-seed contrasts of the accuracies (seed noise only). Returns (matrix or vector, seeds)."""
+    from .errors import SambookError
+    if key not in df:
+        return np.empty(0), []
+    rows = {lab: df[df["label"] == lab].set_index("seed") for lab, _ in terms}
+    seeds = sorted(set.intersection(*(set(r.index[r[key].notna()]) for r in rows.values())))
+    mk = _mask_key(key)
+    have = mk in df and all(isinstance(rows[lab].at[s, mk], np.ndarray) for lab, _ in terms for s in seeds)
+    if not seeds:
+        return np.empty(0), []
+    if not have:
+        return np.array([sum(w * float(rows[lab].at[s, key]) for lab, w in terms) for s in seeds]) / 100.0, seeds
+    cols = []
+    for s in seeds:
+        masks = [(rows[lab].at[s, mk], w) for lab, w in terms]
+        n = {len(m) for m, _ in masks}
+        if len(n) != 1:
+            raise SambookError(f"{key}: seed {s}'s runs were measured on different numbers of test images "
+                               f"({', '.join(f'{lab}: {len(rows[lab].at[s, mk])}' for lab, _ in terms)}); "
+                               "evaluate them on the same images (python -m lib evaluate)")
+        cols.append(sum(w * m.astype(float) for m, w in masks))
+    return np.stack(cols, axis=1), seeds
 
 
-def _fmt(ci) -> str:
-    m, lo, hi, n = ci
-    if lo == lo:
-        return f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-    return f"{m:+.1f} (1 seed)" if n < 2 else f"{m:+.1f} ({n} seeds, no spread)"
+def paired(df, label_a: str, label_b: str, column: str) -> Estimate:
+    """``label_a`` minus ``label_b`` at ``column``, paired by seed and by test image: the mean in points and
+    its 95 % interval over seeds and test images (:func:`lib.stats.estimate`)."""
+    d, _ = contrast_matrix(df, [(label_a, 1.0), (label_b, -1.0)], column)
+    return estimate(d)
 
 
-VERSUS_COLUMNS = ["method", "column", "mean", "95% low", "95% high", "seeds", "reading"]
+def _sam_labels(df) -> list:
+    return sorted({l for l in df["label"] if l.startswith("SAM rho=")}, key=lambda l: float(l.split("=")[1]))
+
+
+def rho_slope(df, key: str) -> Estimate:
+    """The least-squares slope of accuracy at ``key`` against rho over the SAM runs, in points per unit rho,
+    as a contrast per test image and seed (so its interval covers both), on the seeds that have every rho."""
+    sams = _sam_labels(df)
+    if len(sams) < 2:
+        return Estimate(math.nan)
+    rho = np.array([float(l.split("=")[1]) for l in sams])
+    w = (rho - rho.mean()) / ((rho - rho.mean()) ** 2).sum()
+    d, _ = contrast_matrix(df, list(zip(sams, w)), key)
+    return estimate(d)
+
+
+def _fmt(ci, seeds_expected=None) -> str:
+    return ci.text(seeds_expected=seeds_expected) if isinstance(ci, Estimate) else str(ci)
+
+
+VERSUS_COLUMNS = ["method", "column", "mean", "95% low", "95% high", "seeds", "images", "reading"]
 
 
 def versus(df, base_label: str, columns: dict) -> "pd.DataFrame":
-    """Every other label minus ``base_label``, paired by seed, per column (``columns`` maps a frame key to
-    its title): the mean difference in points, its 95 % t-interval, the seeds both runs have a value
-    for, and the reading: ``higher`` or ``lower`` when the interval excludes 0, else ``not resolved``
-    (always so with one seed, and with seeds whose differences are all equal: no spread, no interval).
-    Labels in the order of first appearance; a missing value (a protocol not run at some seed) drops
-    that seed from that column only."""
+    """Every other label minus ``base_label``, paired by seed and test image, per column (``columns`` maps a
+    frame key to its title): the mean difference in points, its 95 % interval over seeds and test images,
+    the seeds and images behind it, and the reading: ``higher`` or ``lower`` when the interval excludes 0,
+    else ``not resolved`` (always so with one seed, and with seeds whose differences are all equal: no
+    spread, no interval). Labels in the order of first appearance; a missing value (a protocol not run at
+    some seed) drops that seed from that column only, and the seeds column says so."""
     import pandas as pd
     rows = []
     for label in dict.fromkeys(df["label"]):
@@ -358,23 +383,23 @@ def versus(df, base_label: str, columns: dict) -> "pd.DataFrame":
         for key, title in columns.items():
             if key not in df:
                 continue
-            ci = mean_ci(paired(df, label, base_label, key))
-            if ci[3] == 0:
+            ci = paired(df, label, base_label, key)
+            if ci.seeds == 0:
                 continue
-            v = verdict([ci], +1)
-            rows.append(dict(zip(VERSUS_COLUMNS, [label, title, *ci[:3], ci[3], {"holds": "higher",
-                        "does not hold": "lower"}.get(v, "not resolved")])))
+            v = judge({title: ci}, +1).verdict
+            rows.append(dict(zip(VERSUS_COLUMNS, [label, title, ci.mean, ci.low, ci.high, ci.seeds, ci.images,
+                                                  {HOLDS: "higher", REFUTED: "lower"}.get(v, "not resolved")])))
     return pd.DataFrame(rows, columns=VERSUS_COLUMNS)
 
 
-def versus_table(long):
+def versus_table(long, seeds_expected: int | None = None):
     """:func:`versus`'s rows as a reader's table: one row per method, one column per measure, each cell the
     mean difference with its interval ("+6.5 [+3.1, +9.9]", or "+6.5 (1 seed)"), and the seeds."""
     import pandas as pd
     if long.empty:
         return pd.DataFrame(index=pd.Index([], name="method"))
-    cells = long.assign(cell=[_fmt((m, lo, hi, n)) for m, lo, hi, n in
-                              long[["mean", "95% low", "95% high", "seeds"]].itertuples(index=False)])
+    cells = long.assign(cell=[Estimate(m, lo, hi, seeds=int(n)).text(seeds_expected=seeds_expected)
+                              for m, lo, hi, n in long[["mean", "95% low", "95% high", "seeds"]].itertuples(index=False)])
     wide = cells.pivot(index="method", columns="column", values="cell")
     wide = wide.loc[list(dict.fromkeys(long["method"])), list(dict.fromkeys(long["column"]))]
     wide["seeds"] = cells.groupby("method")["seeds"].max().loc[wide.index].astype(int)
@@ -383,111 +408,169 @@ def versus_table(long):
 
 
 def sam_vs_st(df, column_prefix: str = "paper") -> list[dict]:
-    """Paired SAM minus ST differences with 95 % intervals, per rho and per column (clean and every budget)."""
+    """Paired SAM minus ST per rho and per column (clean and every budget): mean, 95 % interval over seeds and
+    test images (``low``, ``high``), its seed and image standard errors, the seeds and images behind it."""
     rows = []
-    sams = sorted({l for l in df["label"] if l.startswith("SAM rho=")}, key=lambda l: float(l.split("=")[1]))
-    for lab in sams:
+    for lab in _sam_labels(df):
         for col in COLUMNS:
             key = "natural" if col == "natural" else f"{column_prefix}_{col}"
             if key not in df:
                 continue
-            m, lo, hi, n = mean_ci(paired(df, lab, "ST", key))
-            rows.append({"rho": float(lab.split("=")[1]), "column": COLUMN_LABELS[col], "mean": m, "low": lo,
-                         "high": hi, "seeds": n})
+            e = paired(df, lab, "ST", key)
+            rows.append({"rho": float(lab.split("=")[1]), "column": COLUMN_LABELS[col], "mean": e.mean,
+                         "low": e.low, "high": e.high, "se_seed": e.se_seed, "se_image": e.se_image,
+                         "seeds": e.seeds, "images": e.images})
     return rows
 
 
-def rho_slopes(df, column_prefix: str = "paper") -> list[float]:
-    """Per seed: the least-squares slope of the mean robust accuracy (over the four budgets) against rho."""
-    sam = df[df["label"].str.startswith("SAM rho=")]
-    cols = [f"{column_prefix}_{t}" for t in ROBUST if f"{column_prefix}_{t}" in df]
-    out = []
-    for _, g in sam.groupby("seed"):
-        if len(g) >= 2 and cols:
-            out.append(float(np.polyfit(g["rho"].astype(float), g[cols].mean(axis=1), 1)[0]))
+# One rule per claim. Each claim is judged on named cells (paired contrasts, each with its interval over
+# seeds and test images); ``direction`` and ``margin`` say which side "holds" is on. The rule is the same
+# for every claim but 4 (lib.stats.judge): holds = every cell's interval beyond the margin (intersection-
+# union: no correction); does not hold = some cell beyond it the other way, Holm-corrected over the
+# claim's cells (family-wise 5 %); otherwise not resolved at this scale. Claim 2 is judged per budget.
+CLAIMS = {
+    "1a": dict(text="SAM alone raises robust accuracy above ST",
+               cells="SAM - ST robust accuracy, paired by seed and image, at each rho and budget", direction=+1,
+               margin=0.0),
+    "1b": dict(text="SAM's clean accuracy does not drop below ST's",
+               cells="SAM - ST clean accuracy at each rho", direction=+1, margin=-0.5),
+    "2": dict(text="Larger rho gives more robustness",
+              cells="slope of robust accuracy against rho (points per unit rho), one budget", direction=+1,
+              margin=0.0),
+    "3a": dict(text="AT pays in clean accuracy", cells="ST - AT clean accuracy for each AT model", direction=+1,
+               margin=0.0),
+    "3b": dict(text="AT buys more robustness than SAM",
+               cells="AT - SAM at the largest rho, robust accuracy at L-inf 2/255, for each AT model", direction=+1,
+               margin=0.0),
+    "3c": dict(text="SAM trades less clean accuracy than AT",
+               cells="SAM - AT clean accuracy for each rho and AT model (ST's cancels)", direction=+1, margin=0.0),
+    "4": dict(text="SAM costs about 2 passes per step, PGD-k AT about k + 1",
+              cells="training time / ST's, paired by seed on the same processor: SAM (mean over rho) and each AT",
+              direction=+1, margin=None),
+}
+
+
+def claim_rules(df=None) -> "pd.DataFrame":
+    """The rule of each claim, as chapter 4 and the site print it beside the verdicts: the cells it is judged
+    on (how many, when a frame is given), direction and margin, what each verdict means, and multiplicity."""
+    import pandas as pd
+    counts = {}
+    if df is not None:
+        counts = {c["id"]: len(c["cells"]) for c in check_claims(df)}
+    rows = []
+    for cid, spec in CLAIMS.items():
+        k = counts.get(cid) or counts.get(f"{cid} {ROBUST[0]}")
+        if cid == "4":
+            rows.append({"claim": f"{cid}. {spec['text']}", "cells": spec["cells"],
+                         "holds": "SAM's interval inside [1.5, 2.5] and every AT's interval above SAM's",
+                         "does not hold": "SAM's interval outside [1.5, 2.5], or an AT's below SAM's",
+                         "multiplicity": "intervals over seeds only (a time has no test images)"})
+            continue
+        side, m = ("above" if spec["direction"] > 0 else "below"), spec["margin"]
+        other = "below" if spec["direction"] > 0 else "above"
+        n = f" ({k} cells)" if k else ""
+        rows.append({"claim": f"{cid}. {spec['text']}", "cells": spec["cells"] + n,
+                     "holds": f"every cell's 95% interval {side} {m:+g} points",
+                     "does not hold": f"a cell {other} {m:+g} with Holm-adjusted p < {ALPHA:g} over the claim's cells",
+                     "multiplicity": ("one cell per budget, each its own verdict" if cid == "2" else
+                                      "holds: intersection-union (no correction); does not hold: Holm")})
+    out = pd.DataFrame(rows).set_index("claim")
+    out.attrs["otherwise"] = "not resolved at this scale (also whenever a cell has one seed or no spread)"
     return out
+
+
+def _claim(cid: str, cells: dict, title: str | None = None, seeds_expected=None, unit=" points") -> dict:
+    spec = CLAIMS[cid]
+    j = judge(cells, spec["direction"], spec["margin"], seeds_expected=seeds_expected)
+    return {"id": cid, "claim": f"{cid}. {title or spec['text']}", "verdict": j.verdict, "deciding": j.deciding,
+            "rule": f"{spec['cells']}; holds when every interval is beyond {spec['margin']:+g}{unit}, does not hold "
+                    f"when one is beyond it the other way after Holm over {len(cells)} cell(s)",
+            "evidence": "; ".join(f"{k}: {_fmt(e, seeds_expected)}" for k, e in cells.items()), "cells": cells}
 
 
 def check_claims(df, measure: str = "paper") -> list[dict]:
-    """Each claim of the paper judged from the runs over seeds: [{claim, verdict, evidence}].
+    """Each claim of the paper judged from the runs: [{id, claim, verdict, deciding, rule, evidence, cells}].
 
-    Paired differences by seed with 95 % t-intervals; a claim holds when every interval it needs
-    excludes zero in its direction, does not hold when one excludes zero the other way, and is not
-    resolved at this scale otherwise (always with a single seed). Never forced. Robust accuracy is
-    read from the columns ``<measure>_<threat>`` (``paper``: the paper's protocol; ``strict``: the union
-    of :data:`STRICT_PROTOCOLS` on a subset; ``papersub``: the paper's protocol on that subset); clean
-    accuracy (on every test image) and time are the same for every measure.
+    Cells are paired contrasts with 95 % intervals over seeds and test images (:mod:`lib.stats`); each
+    claim's rule is :data:`CLAIMS` (also :func:`claim_rules`); claim 2 gives one verdict per budget.
+    Robust accuracy is read from the columns ``<measure>_<threat>`` (``paper``: the paper's protocol on
+    every test image; ``strict``: the union of :data:`STRICT_PROTOCOLS` on a subset; ``papersub``: the
+    paper's protocol on that subset); clean accuracy (every test image) and time are the same for every
+    measure. Never forced: one seed gives "not resolved at this scale".
     """
     out = []
     labels = set(df["label"])
-    sams = sorted({l for l in labels if l.startswith("SAM rho=")}, key=lambda l: float(l.split("=")[1]))
+    sams = _sam_labels(df)
     ats = [l for l in dict.fromkeys(df["label"]) if l.startswith("AT ")]
+    k = _seeds_expected(df)
+    rho = {l: l.split("=")[1] for l in sams}
+    threats = [t for t in ROBUST if f"{measure}_{t}" in df]
 
-    def add(claim, v, evidence):
-        out.append({"claim": claim, "verdict": v, "evidence": evidence})
+    def missing(cid, need):
+        out.append({"id": cid, "claim": f"{cid}. {CLAIMS[cid]['text']}", "verdict": OPEN, "deciding": need,
+                    "rule": CLAIMS[cid]["cells"], "evidence": need, "cells": {}})
 
     if "ST" in labels and sams:
-        ivs = {(l, t): mean_ci(paired(df, l, "ST", f"{measure}_{t}")) for l in sams for t in ROBUST
-               if f"{measure}_{t}" in df}
-        add("1a. SAM alone raises robust accuracy above ST (every rho, every budget; paired SAM - ST, points)",
-            verdict(ivs.values(), +1),
-            "; ".join(f"{l.split('=')[1]} {t}: {_fmt(ci)}" for (l, t), ci in ivs.items()))
-        clean = {l: mean_ci(paired(df, l, "ST", "natural")) for l in sams}
-        add("1b. SAM's clean accuracy does not drop below ST's (paired SAM - ST clean, points; not below -0.5)",
-            verdict(clean.values(), +1, margin=-0.5),
-            "; ".join(f"rho {l.split('=')[1]}: {_fmt(ci)}" for l, ci in clean.items()))
+        out.append(_claim("1a", {f"rho {rho[l]}, {threat_label(t)}": paired(df, l, "ST", f"{measure}_{t}")
+                                 for l in sams for t in threats}, seeds_expected=k))
+        out.append(_claim("1b", {f"rho {rho[l]}": paired(df, l, "ST", "natural") for l in sams}, seeds_expected=k))
     else:
-        add("1. SAM alone raises robustness above ST, at no cost in clean accuracy", "not resolved at this scale",
-            "needs ST and SAM runs")
-    slopes = rho_slopes(df, measure)
-    if slopes:
-        ci = mean_ci(slopes)
-        add("2. Larger rho gives more robustness (slope of mean robust accuracy against rho, points per unit rho)",
-            verdict([ci], +1), f"slope {_fmt(ci)} over {ci[3]} seed(s)")
+        missing("1a", "needs ST and SAM runs")
+        missing("1b", "needs ST and SAM runs")
+    if len(sams) >= 2:
+        for t in threats:
+            c = _claim("2", {"slope": rho_slope(df, f"{measure}_{t}")},
+                       f"{CLAIMS['2']['text']} at {threat_label(t)}", seeds_expected=k, unit=" points per unit rho")
+            c["id"] = f"2 {t}"
+            out.append(c)
     else:
-        add("2. Larger rho gives more robustness", "not resolved at this scale", "needs two or more SAM runs")
+        missing("2", "needs two or more SAM radii")
     if "ST" in labels and ats and sams:
-        cost = {l: mean_ci(paired(df, "ST", l, "natural")) for l in ats}
-        add("3a. AT pays in clean accuracy (paired ST - AT clean, points)", verdict(cost.values(), +1),
-            "; ".join(f"{l[3:]}: {_fmt(ci)}" for l, ci in cost.items()))
-        strongest = max(sams, key=lambda l: float(l.split("=")[1]))
-        weakest_at = {l: mean_ci(paired(df, l, strongest, f"{measure}_linf_2")) for l in ats
-                      if f"{measure}_linf_2" in df}
-        add(f"3b. AT buys more robustness than SAM (paired AT - {strongest} at L-inf 2/255, points)",
-            verdict(weakest_at.values(), +1), "; ".join(f"{l[3:]}: {_fmt(ci)}" for l, ci in weakest_at.items()))
-        sam_cost = {l: mean_ci(paired(df, "ST", l, "natural")) for l in sams}
-        trade = [(cost[a][0], sam_cost[s][0]) for a in ats for s in sams]
-        add("3c. SAM trades less clean accuracy than AT (mean clean cost, points)",
-            "holds" if trade and all(c_at > c_sam for c_at, c_sam in trade) and
-            verdict(cost.values(), +1) == "holds" else "not resolved at this scale",
-            f"AT: {', '.join(f'{cost[a][0]:.1f}' for a in ats)}; SAM: {', '.join(f'{sam_cost[s][0]:.1f}' for s in sams)}")
+        out.append(_claim("3a", {l[3:]: paired(df, "ST", l, "natural") for l in ats}, seeds_expected=k))
+        if f"{measure}_linf_2" in df:
+            out.append(_claim("3b", {l[3:]: paired(df, l, sams[-1], f"{measure}_linf_2") for l in ats},
+                              f"{CLAIMS['3b']['text']} (AT - {sams[-1]} at L-inf 2/255)", seeds_expected=k))
+        out.append(_claim("3c", {f"rho {rho[s]} - {a[3:]}": paired(df, s, a, "natural") for s in sams for a in ats},
+                          seeds_expected=k))
     else:
-        add("3. AT pays more clean accuracy for more robustness than SAM", "not resolved at this scale",
-            "needs ST, SAM and AT runs")
+        for cid in ("3a", "3b", "3c"):
+            missing(cid, "needs ST, SAM and AT runs")
     if "ST" in labels and sams and "train_seconds" in df:
-        # measured training time relative to ST, paired by seed: SAM's interval inside [1.5, 2.5] (about
-        # 2 passes) and every AT's above SAM's (k + 1 passes, k >= 2); intervals need two or more seeds.
-        # A pair counts only when one kind of processor trained both runs: a time ratio across two
-        # machines measures the machines as much as the methods.
-        per_seed = {}
-        for l in sams:
-            for s, x in _ratios(df, l, "ST", by_seed=True):
-                per_seed.setdefault(s, []).append(x)
-        r_sam = mean_ci([float(np.mean(v)) for v in per_seed.values()])
-        r_at = {l: mean_ci(_ratios(df, l, "ST")) for l in ats}
-        m, lo, hi, _ = r_sam
-        if lo != lo or any(v[1] != v[1] for v in r_at.values()):
-            v4 = "not resolved at this scale"
-        elif 1.5 <= lo and hi <= 2.5 and all(v[1] > hi for v in r_at.values()):
-            v4 = "holds"
-        elif hi < 1.5 or lo > 2.5 or any(v[2] < lo for v in r_at.values()):
-            v4 = "does not hold"
-        else:
-            v4 = "not resolved at this scale"
-        add("4. SAM costs about 2 passes per step, PGD-k AT about k + 1 (measured time relative to ST)", v4,
-            f"SAM {_fmt_ratio(r_sam)}; " + ", ".join(f"{l[3:]} {_fmt_ratio(v)}" for l, v in r_at.items()) +
-            " (time / ST's, seeds trained on the same processor)")
+        out.append(_time_claim(df, sams, ats))
     return out
+
+
+def _time_claim(df, sams, ats) -> dict:
+    """Claim 4: measured training time relative to ST, paired by seed: SAM's interval inside [1.5, 2.5]
+    (about 2 passes) and every AT's above SAM's (k + 1 passes, k >= 2); intervals over seeds (a time has no
+    test images). A pair counts only when one kind of processor trained both runs: a time ratio across two
+    machines measures the machines as much as the methods."""
+    per_seed = {}
+    for l in sams:
+        for s, x in _ratios(df, l, "ST", by_seed=True):
+            per_seed.setdefault(s, []).append(x)
+    r_sam = seed_interval([float(np.mean(v)) for v in per_seed.values()])
+    r_at = {l: seed_interval(_ratios(df, l, "ST")) for l in ats}
+    lo, hi = r_sam.low, r_sam.high
+    if not r_sam.resolved or any(not v.resolved for v in r_at.values()):
+        v4, deciding = OPEN, "an interval is missing (one seed, or no pair on one processor)"
+    elif 1.5 <= lo and hi <= 2.5 and all(v.low > hi for v in r_at.values()):
+        v4, deciding = HOLDS, f"SAM {_fmt_ratio(r_sam)}"
+    elif hi < 1.5 or lo > 2.5 or any(v.high < lo for v in r_at.values()):
+        v4, deciding = REFUTED, f"SAM {_fmt_ratio(r_sam)}"
+    else:
+        v4, deciding = OPEN, f"SAM {_fmt_ratio(r_sam)}"
+    cells = {"SAM": r_sam, **{l[3:]: v for l, v in r_at.items()}}
+    return {"id": "4", "claim": f"4. {CLAIMS['4']['text']} (measured time relative to ST)", "verdict": v4,
+            "deciding": deciding, "rule": "SAM's time ratio interval inside [1.5, 2.5] and every AT's above it",
+            "evidence": f"SAM {_fmt_ratio(r_sam)}; " + ", ".join(f"{l[3:]} {_fmt_ratio(v)}" for l, v in r_at.items())
+                        + " (time / ST's, seeds trained on the same processor)", "cells": cells}
+
+
+def claims_frame(df, measure: str = "paper") -> "pd.DataFrame":
+    """:func:`check_claims` as a table: claim, verdict, the deciding cell and number, and the rule."""
+    import pandas as pd
+    return pd.DataFrame([{k: c[k] for k in ("claim", "verdict", "deciding", "rule")} for c in check_claims(df, measure)])
 
 
 def claims_by_measure(df, measures=None) -> "pd.DataFrame":
@@ -508,15 +591,16 @@ def claims_by_measure(df, measures=None) -> "pd.DataFrame":
 
 def sam_vs_st_by_measure(df, measures=None) -> "pd.DataFrame":
     """Paired SAM minus ST at every budget under each measure of :data:`CLAIM_MEASURES`: one row per (rho,
-    measure), one column per budget, each cell the mean difference with its 95 % interval."""
+    measure), one column per budget, each cell the mean difference with its 95 % interval (seeds and images)."""
     import pandas as pd
     measures = CLAIM_MEASURES if measures is None else measures
+    k = _seeds_expected(df)
     rows = []
     for key, title in measures.items():
         for d in sam_vs_st(df, key):
             if d["column"] != COLUMN_LABELS["natural"]:
                 rows.append({"rho": d["rho"], "measure": title, "column": d["column"],
-                             "cell": _fmt((d["mean"], d["low"], d["high"], d["seeds"]))})
+                             "cell": Estimate(d["mean"], d["low"], d["high"], seeds=d["seeds"]).text(seeds_expected=k)})
     if not rows:
         return pd.DataFrame()
     long = pd.DataFrame(rows)
@@ -526,6 +610,26 @@ def sam_vs_st_by_measure(df, measures=None) -> "pd.DataFrame":
     wide = wide[[c for c in dict.fromkeys(long["column"])]]
     wide.columns.name = None
     return wide.dropna(how="all")
+
+
+def noise_components(df, cells) -> "pd.DataFrame":
+    """For each (label_a, label_b, key, title) of ``cells``: the paired difference with its interval over seeds
+    only (the t interval of the per-seed differences, what the book used to print), the seed and image standard
+    errors, the interval over both, and the crossed bootstrap's standard error (the check of the formula)."""
+    import pandas as pd
+    rows = []
+    for a, b, key, title in cells:
+        d, _ = contrast_matrix(df, [(a, 1.0), (b, -1.0)], key)
+        if d.size == 0:
+            continue
+        both = estimate(d)
+        seeds_only = estimate(d.mean(axis=0) if d.ndim == 2 else d)
+        boot = crossed_bootstrap_se(d) if d.ndim == 2 and d.shape[0] > 1 else math.nan
+        rows.append({"difference": title, "mean": both.mean, "seeds only": seeds_only.text(),
+                     "s.e. seeds": both.se_seed, "s.e. images": both.se_image, "s.e. both": both.se,
+                     "s.e. crossed bootstrap": boot, "df": both.df, "seeds and images": both.text(),
+                     "images": both.images})
+    return pd.DataFrame(rows).set_index("difference") if rows else pd.DataFrame()
 
 
 def _ratios(df, a: str, b: str, by_seed: bool = False) -> list:
@@ -541,7 +645,7 @@ def _ratios(df, a: str, b: str, by_seed: bool = False) -> list:
 
 
 def _fmt_ratio(ci) -> str:
-    m, lo, hi, n = ci
+    m, lo, hi, n = ci.mean, ci.low, ci.high, ci.seeds
     if m != m:
         return "no pair"
     if lo == lo:
@@ -550,16 +654,14 @@ def _fmt_ratio(ci) -> str:
 
 
 def welch_ci(a, b) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its 95 % Welch interval (NaN when either side has one value)."""
+    """mean(a) - mean(b) and its 95 % Welch interval over seeds (scipy's; NaN when either side has one value)."""
+    from scipy import stats as st
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     if len(a) < 2 or len(b) < 2:
         return d, math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0) or 1e-12)
-    t = T975.get(max(1, int(dof)), 1.96)
-    return d, d - t * se, d + t * se
+    ci = st.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return d, float(ci.low), float(ci.high)
 
 
 PRECISION_COLUMNS = ["model", "column", "bf16 attacks", "bf16 std", "bf16 seeds", "fp32 attacks", "fp32 seeds",

@@ -175,12 +175,13 @@ def test_a_book_of_committed_results_reads_evaluations_and_never_adds_one(run, t
     assert any(f.name.startswith("converged-") for f in (copy.path / protocols.EVAL_DIR).iterdir())
 
 
-def test_stale_records_are_ignored_and_bad_n_refused(run, tmp_path):
+def test_stale_records_are_named_recomputed_where_weights_exist_and_bad_n_refused(run, tmp_path):
     rec = protocols.evaluate_run(run, "paper")
     path = protocols.eval_path(run.path, "paper", None)
     doctored = dict(rec, weights_sha="0" * 16)
     path.write_text(json.dumps(doctored))
-    assert all(r.get("weights_sha") != "0" * 16 for r in protocols.evaluations(run))
+    with pytest.raises(SambookError, match="other weights"):     # a reader is told, never handed fewer records
+        protocols.evaluations(run)
     fresh = protocols.evaluate_run(run, "paper")                 # recomputed for the real weights
     assert fresh["weights_sha"] == run.metrics["weights_sha"] and fresh["threats"] == rec["threats"]
     with pytest.raises(ConfigError, match="valid protocols"):

@@ -35,8 +35,12 @@ def _frame(seeds, sam_gain=2.0, at_clean_cost=8.0, noise=0.3, sam_rhos=(0.05, 0.
     return pd.DataFrame(rows)
 
 
-def _verdicts(df):
-    return {c["claim"].split(".")[0]: c["verdict"] for c in tables.check_claims(df)}
+def _verdicts(df, measure="paper"):
+    """Claim id -> verdict; claim 2 (one verdict per budget) -> its verdicts joined when they differ."""
+    out = {}
+    for c in tables.check_claims(df, measure):
+        out.setdefault(c["id"].split()[0], set()).add(c["verdict"])
+    return {k: v.pop() if len(v) == 1 else " / ".join(sorted(v)) for k, v in out.items()}
 
 
 def test_one_seed_resolves_nothing():
@@ -76,14 +80,13 @@ def test_claims_are_judged_on_the_measure_asked_for():
     df = _frame([0, 1, 2])
     for t in THREAT_NAMES:
         df[f"strict_{t}"] = df[f"paper_{t}"] - df["label"].str.startswith("SAM") * (4.0 + 10 * df["rho"].fillna(0))
-    paper = {c["claim"].split(".")[0]: c["verdict"] for c in tables.check_claims(df, "paper")}
-    strict = {c["claim"].split(".")[0]: c["verdict"] for c in tables.check_claims(df, "strict")}
+    paper, strict = _verdicts(df, "paper"), _verdicts(df, "strict")
     assert paper == _verdicts(df) and paper["1a"] == "holds" and paper["2"] == "holds"
     assert strict["1a"] == "does not hold" and strict["2"] == "does not hold"
     assert all(strict[k] == paper[k] for k in ("1b", "3a", "3c", "4"))
     table = tables.claims_by_measure(df, {"paper": "paper", "strict": "strict", "absent": "no such measure"})
     assert list(table.columns) == ["paper", "strict", "same"]          # a measure no run has is left out
-    same = {k.split(".")[0]: v for k, v in table["same"].items()}
+    same = {k.split(".")[0]: v for k, v in table["same"].items()}     # claim 2's rows share the key "2"
     assert not same["1a"] and not same["2"] and same["1b"] and same["4"]
     cells = tables.sam_vs_st_by_measure(df, {"paper": "paper", "strict": "strict"})
     assert cells.index.names == ["rho", "measure"] and len(cells) == 2 * 4
@@ -101,21 +104,23 @@ def test_an_effect_inside_the_noise_is_not_resolved():
     assert v["1a"] == "not resolved at this scale"
 
 
-def test_mean_ci_is_the_t_interval():
+def test_per_seed_values_give_the_t_interval_over_seeds():
+    from lib.stats import estimate
     x = [1.0, 2.0, 4.0]
-    m, lo, hi, n = tables.mean_ci(x)
+    e = estimate(x, scale=1.0)
     ref = stats.t.interval(0.95, df=2, loc=sum(x) / 3, scale=stats.sem(x))
-    assert n == 3 and m == pytest.approx(7 / 3) and (lo, hi) == pytest.approx(ref, rel=1e-3)
-    assert math.isnan(tables.mean_ci([5.0])[1])
+    assert e.seeds == 3 and e.images == 0 and e.mean == pytest.approx(7 / 3)
+    assert (e.low, e.high) == pytest.approx(ref, rel=1e-9) and e.covers == "seeds only"
+    assert not estimate([5.0], scale=1.0).resolved
 
 
-def test_welch_ci_matches_scipy():
+def test_welch_ci_matches_the_welch_satterthwaite_formula():
     a, b = [60.1, 61.0, 59.5], [58.0, 58.9, 57.2, 58.4]
     d, lo, hi = tables.welch_ci(a, b)
     va, vb = pd.Series(a).var() / 3, pd.Series(b).var() / 4
     dof = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
-    half = stats.t.ppf(0.975, int(dof)) * math.sqrt(va + vb)     # integer dof: the table's (conservative) rounding
-    assert d == pytest.approx(sum(a) / 3 - sum(b) / 4) and (lo, hi) == pytest.approx((d - half, d + half), rel=1e-3)
+    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    assert d == pytest.approx(sum(a) / 3 - sum(b) / 4) and (lo, hi) == pytest.approx((d - half, d + half), rel=1e-9)
 
 
 def test_comparison_table_diff_worst_and_weak_flag():
@@ -211,9 +216,10 @@ def test_identical_paired_differences_are_not_an_interval_of_width_zero():
     assert v.loc[("AWP", "PGD-20"), "reading"] == "not resolved" and math.isnan(v.loc[("AWP", "PGD-20"), "95% low"])
     wide = tables.versus_table(tables.versus(pd.DataFrame(rows), "AT", {"pgd20": "PGD-20"}))
     assert wide.loc["AWP", "PGD-20"] == "-1.6 (2 seeds, no spread)"
-    m, lo, hi, n = tables.mean_ci([2.0, 2.0, 2.0])
-    assert (m, n) == (2.0, 3) and math.isnan(lo) and math.isnan(hi)
-    assert tables.verdict([tables.mean_ci([2.0, 2.0])], +1) == "not resolved at this scale"
+    from lib.stats import estimate, judge
+    e = estimate([2.0, 2.0, 2.0], scale=1.0)
+    assert (e.mean, e.seeds) == (2.0, 3) and math.isnan(e.low) and math.isnan(e.high)
+    assert judge({"cell": estimate([2.0, 2.0], scale=1.0)}, +1).verdict == "not resolved at this scale"
 
 
 def test_autoattack_check_compares_pgd_and_autoattack_on_the_runs_and_images_both_covered():

@@ -1,0 +1,198 @@
+"""lib.stats and the verdicts built on it, on synthetic per-example outcomes with known noise.
+
+Each test is one of the ways an interval or a verdict could mislead a reader: an interval that counts
+seeds only, a claim that can never be refuted, a claim refuted by one chance cell among many, a
+correlation that counts seeds as independent samples.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import stats, tables
+from lib.attacks import THREAT_NAMES
+
+
+def _outcomes(n, seeds, acc, flips=1, seed=0, flip_seed=0):
+    """Per seed, a 0/1 outcome per image: the same hard images fail at every seed (image noise shared
+    across seeds, as on a fixed test set), plus ``flips`` images that change per seed (tiny seed noise)."""
+    difficulty = np.random.default_rng(seed).random(n)
+    rng = np.random.default_rng(1000 + flip_seed)
+    out = []
+    for s in seeds:
+        ok = difficulty < acc
+        ok[rng.integers(0, n, flips)] ^= True
+        out.append(ok)
+    return out
+
+
+def _mask_frame(n, seeds=(0, 1, 2), gain=0.05):
+    """ST and SAM rho=0.1 with per-example outcomes on ``n`` images; SAM right on a superset of ST's images."""
+    st_ok = _outcomes(n, seeds, 0.5, seed=1)
+    sam_ok = _outcomes(n, seeds, 0.5 + gain, seed=1, flip_seed=1)
+    rows = []
+    for s, a, b in zip(seeds, st_ok, sam_ok):
+        for lab, ok in (("ST", a), ("SAM rho=0.1", b)):
+            rows.append({"label": lab, "seed": s, "natural": 100 * ok.mean(), "ok_natural": ok})
+    return pd.DataFrame(rows)
+
+
+def test_the_interval_covers_test_images_and_widens_as_they_shrink():
+    """Seed spread tiny, image sampling the real noise: the seed-only interval is nearly a point; the
+    interval over seeds and images widens about sqrt(10)-fold from 2,000 to 200 images."""
+    wide = {}
+    for n in (2000, 200):
+        e = tables.paired(_mask_frame(n), "SAM rho=0.1", "ST", "natural")
+        assert e.images == n and e.covers == "seeds and test images"
+        assert e.se_image > 5 * e.se_seed                       # the images dominate
+        d, _ = tables.contrast_matrix(_mask_frame(n), [("SAM rho=0.1", 1), ("ST", -1)], "natural")
+        seeds_only = stats.estimate(d.mean(axis=0))
+        assert e.se > 3 * seeds_only.se and (e.high - e.low) > 2 * (seeds_only.high - seeds_only.low)
+        wide[n] = e.high - e.low
+    assert 2.5 < wide[200] / wide[2000] < 4.0
+
+
+def test_the_formula_agrees_with_the_crossed_bootstrap():
+    rng = np.random.default_rng(3)
+    n, s = 800, 3
+    image = rng.normal(0, 0.3, (n, 1))
+    seed = rng.normal(0, 0.05, (1, s))
+    d = np.clip(np.round(image + seed + rng.normal(0, 0.4, (n, s))), -1, 1)
+    e = stats.estimate(d)
+    boot = stats.crossed_bootstrap_se(d, reps=1000)
+    assert 0.75 < e.se / boot < 1.25
+
+
+def test_an_interval_is_never_narrower_than_over_seeds_alone():
+    rng = np.random.default_rng(0)
+    d = (rng.random((2000, 3)) < 0.5).astype(float) - (rng.random((2000, 3)) < 0.47)
+    e = stats.estimate(d)
+    seeds_only = stats.estimate(d.mean(axis=0))
+    assert e.low <= seeds_only.low and e.high >= seeds_only.high
+
+
+def _cells(means, se=1.0, df=30.0):
+    out = {}
+    for k, m in means.items():
+        half = float(stats.st.t.ppf(0.975, df)) * se
+        out[k] = stats.Estimate(m, m - half, m + half, se, se, 0.0, df, 3, 1000)
+    return out
+
+
+def test_one_chance_cell_among_sixteen_does_not_refute_but_a_strong_one_does():
+    base = {f"cell {i}": 3.0 for i in range(15)}              # 15 cells with no clear sign either way
+    chance = _cells({**{k: 0.5 for k in base}, "chance": -2.3})  # p ~ 0.03 alone: refutes without correction
+    assert chance["chance"].high < 0
+    assert stats.judge(chance, +1).verdict == stats.OPEN
+    strong = _cells({**{k: 0.5 for k in base}, "strong": -6.0})
+    j = stats.judge(strong, +1)
+    assert j.verdict == stats.REFUTED and j.deciding.startswith("strong:")
+    assert stats.judge(_cells({f"c{i}": 3.0 for i in range(16)}), +1).verdict == stats.HOLDS
+
+
+def test_holm_matches_its_definition():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, 1*0.04, made monotone
+    assert list(stats.holm(p)) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_claim_3c_can_fail_by_the_same_interval_rule():
+    """SAM that loses more clean accuracy than AT: claim 3c must read "does not hold" (it used to compare
+    point means and could only hold or stay unresolved)."""
+    rows = []
+    for s, w in zip((0, 1, 2), (-0.3, 0.1, 0.2)):
+        rows.append({"label": "ST", "seed": s, "rho": None, "natural": 80 + w, **{f"paper_{t}": 40 + w for t in THREAT_NAMES}})
+        for r in (0.1, 0.4):
+            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 80 - 40 * r + w + 0.1 * s,
+                         **{f"paper_{t}": 41 + w for t in THREAT_NAMES}})
+        rows.append({"label": "AT L2 16/255", "seed": s, "rho": None, "natural": 79 + w - 0.1 * s,
+                     **{f"paper_{t}": 60 + w for t in THREAT_NAMES}})
+    c = next(c for c in tables.check_claims(pd.DataFrame(rows)) if c["id"] == "3c")
+    assert c["verdict"] == "does not hold", c
+    assert "rho 0.4 - L2 16/255" in c["deciding"]
+
+
+def test_claim_2_is_judged_per_budget():
+    """A larger rho that helps at L-inf 2/255 and hurts under L2 16/255 gets two verdicts, not one average."""
+    rows = []
+    for s, w in zip((0, 1, 2), (-0.3, 0.1, 0.2)):
+        rows.append({"label": "ST", "seed": s, "rho": None, "natural": 80, **{f"paper_{t}": 40 for t in THREAT_NAMES}})
+        for r in (0.05, 0.1, 0.2, 0.4):
+            vals = {f"paper_{t}": 40 + w * (1 + r) for t in THREAT_NAMES}
+            vals["paper_linf_2"] += 20 * r
+            vals["paper_l2_16"] -= 20 * r
+            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 80, **vals})
+    v = {c["id"]: c["verdict"] for c in tables.check_claims(pd.DataFrame(rows)) if c["id"].startswith("2")}
+    assert v["2 linf_2"] == "holds" and v["2 l2_16"] == "does not hold"
+    assert set(v) == {f"2 {t}" for t in THREAT_NAMES}
+
+
+def test_a_correlation_over_configurations_does_not_grow_with_seeds():
+    """Duplicating each configuration as extra seeds must not shrink the p-value: seeds are averaged first."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=8), rng.normal(size=8)
+    groups = [f"cfg{i}" for i in range(8)]
+    r1, p1, k1 = stats.config_spearman(x, y, groups)
+    r3, p3, k3 = stats.config_spearman(np.tile(x, 3), np.tile(y, 3), groups * 3)
+    assert (k1, k3) == (8, 8) and r3 == pytest.approx(r1) and p3 == pytest.approx(p1)
+    naive = stats.st.spearmanr(np.tile(x, 3), np.tile(y, 3)).pvalue
+    assert naive < p1                                           # what counting seeds as samples would claim
+
+
+def test_a_cell_with_fewer_seeds_than_the_profile_says_so():
+    e = stats.Estimate(1.2, 0.2, 2.2, seeds=2)
+    assert e.text(seeds_expected=3) == "+1.2 [+0.2, +2.2] (2 of 3 seeds)"
+    assert e.text(seeds_expected=2) == "+1.2 [+0.2, +2.2]"
+    assert stats.Estimate(1.2, seeds=1).text(seeds_expected=3) == "+1.2 (1 of 3 seeds)"
+    assert math.isnan(stats.Estimate(1.0).p_value())
+
+
+def _committed_copy(tmp_path, pattern="cifar10-st-s1-cpu-*"):
+    import shutil
+    from pathlib import Path
+    src = sorted((Path(__file__).resolve().parents[1] / "outputs" / "runs").glob(pattern))
+    assert src, f"no committed run matches {pattern}"
+    dst = tmp_path / src[0].name
+    shutil.copytree(src[0], dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["truncate", "other weights", "wrong count"])
+def test_a_damaged_record_is_an_error_naming_the_file(tmp_path, damage):
+    """A truncated record once loaded ST seed 1 with NaN accuracies and no message, and every mean then
+    dropped that seed. Each kind of damage must stop the reader with the file's name and what to do."""
+    import json
+
+    from lib import protocols, runs
+    from lib.errors import SambookError
+    run_dir = _committed_copy(tmp_path)
+    path = run_dir / "eval" / "paper-nall.json"
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    else:
+        rec = json.loads(text)
+        if damage == "other weights":
+            rec["weights_sha"] = "0" * 16
+        else:
+            rec["n"] = 100
+        path.write_text(json.dumps(rec))
+    run = runs.load_run(run_dir)
+    with pytest.raises(SambookError, match="paper-nall.json") as e:
+        tables.run_row(run)
+    assert "git checkout" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SambookError, match="paper-nall.json"):
+        protocols.evaluate_run(run, "paper", cached_only=True)
+
+
+def test_the_committed_records_all_pass_the_checks():
+    from pathlib import Path
+
+    from lib import protocols, runs
+    folders = [d for d in sorted((Path(__file__).resolve().parents[1] / "outputs" / "runs").iterdir())
+               if (d / "metrics.json").exists()]
+    assert folders
+    assert sum(len(protocols.evaluations(runs.load_run(d))) for d in folders) >= len(folders)
