@@ -55,6 +55,10 @@ class Profile:
     protocols: tuple = (("paper", None, None), ("converged", None, None), ("strong", 1000, None),
                         ("autoattack", 1000, None))
     train_in_book: bool = True      # the book trains missing runs (False: it shows committed results only)
+    # torch.compile (inductor) for the training steps, on any device; evaluation always runs eager (on the
+    # EPYC, compiled PGD evaluation was 0.64x eager while the bf16 ST and SAM steps were 1.47x and 1.52x:
+    # python -m lib bench --compile, outputs/bench/bench-cpu.md). Recorded in each run's metrics.
+    compile: bool = False
     description: str = ""
 
 
@@ -89,7 +93,7 @@ PROFILES = {
                         nesterov=True, precision="auto", cpu_threads=1, curve_images=1000, curve_steps=10,
                         protocols=(("paper", None, None), ("converged", 1000, None), ("strong", 1000, None),
                                    ("linf8", 500, None)),
-                        train_in_book=False,
+                        train_in_book=False, compile=True,
                         description="real models on a 2-core CPU trained 5x longer: the cpu profile's network, "
                                     "data and one-cycle schedule for 10 epochs, all 10,000 test images"),
     "fast": Profile("fast", width=64, epochs=30, train_per_class=None, test_per_class=None,
