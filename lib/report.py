@@ -72,21 +72,27 @@ def banner(profile: str, data_description: str) -> str:
 
 
 def ran_on(results) -> str:
-    """The "ran on" line of a chapter: profile, data, device and precision, commit, and any stale result."""
+    """The "ran on" note of a chapter: one short line (how many runs of which profile, what trained them,
+    when), then the details on the following lines (data, devices, commits), and any stale result. The
+    site shows the first line and folds the rest (:func:`lib.site.prepare_notebook`)."""
     from . import runs
     if not results:
         return "Ran on: nothing yet (no finished run)."
     m = results[0].metrics
     devices = sorted({r.metrics.get("device", "?") for r in results})
+    kinds = sorted({r.metrics.get("device_type", "?") for r in results})
     precisions = sorted({r.metrics.get("precision", "?") for r in results})
     commits = sorted({r.metrics.get("commit", "?") for r in results})
     dates = sorted(r.metrics.get("date", "")[:10] for r in results)
     c = results[0].config
-    line = (f"Ran on: profile {m['profile']} (PreActResNet-18 topology at width {c.width}, {c.epochs} epochs), "
-            f"{len(results)} run{'s' if len(results) > 1 else ''}; data: {m['data']}; "
-            f"device: {', '.join(devices)}, "
-            f"{'/'.join(precisions)} training, fp32 evaluation; commit {', '.join(commits)}; "
-            f"trained {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + ".")
+    dirty = [x for x in commits if x.endswith("+dirty")]
+    line = (f"Ran on: {len(results)} run{'s' if len(results) > 1 else ''} of the {m['profile']} profile (width {c.width}, "
+            f"{c.epochs} epochs), {'/'.join(k.upper() for k in kinds)}, {'/'.join(precisions)} training, fp32 "
+            f"evaluation, trained {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + ".")
+    line += (f"\nData: {m['data']}.\nDevices: {'; '.join(devices)}.\n"
+             f"Commits: {', '.join(commits)}" + (" (+dirty: trained from a working tree with uncommitted changes; "
+                                                 "the training-code fingerprint in each run's metrics.json says "
+                                                 "which code)" if dirty else "") + ".")
     old = runs.stale(results)
     if old:
         line += (f"\nWARNING: {len(old)} result(s) were made by different training code than this checkout's "

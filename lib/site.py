@@ -109,9 +109,22 @@ def prepare_notebook(nb, ran_on: str):
                     f"Figure: {heading}" if heading else "Figure"
     # the ran-on line just under the chapter's title
     title_at = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
-    note = nbformat.v4.new_markdown_cell(f"```{{note}}\n{ran_on}\n```")
+    note = nbformat.v4.new_markdown_cell(ran_on_markdown(ran_on))
     nb.cells.insert(title_at + 1, note)
     return nb
+
+
+def ran_on_markdown(ran_on: str) -> str:
+    """A "ran on" note as a page shows it: its first line (and any warning) in a note, the details
+    (data, devices, commits) folded under it."""
+    lines = ran_on.splitlines()
+    shown = [lines[0]] + [x for x in lines[1:] if x.startswith("WARNING")]
+    details = [x for x in lines[1:] if not x.startswith("WARNING")]
+    out = "```{note}\n" + "\n".join(shown) + "\n```\n"
+    if details:
+        out += ("\n<details><summary>Provenance: data, devices, commits</summary>\n\n"
+                + "\n\n".join(html.escape(x) for x in details) + "\n\n</details>\n")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,8 +142,9 @@ def _results(profile: str):
     return [r for r in found if r is not None], [c.name for c, r in zip(configs, found) if r is None]
 
 
-def _answer(profile: str, figures: Path) -> list[str]:
-    """The answer at one scale: the headline figure, the short table and the verdicts (Markdown lines)."""
+def _answer(profile: str, figures: Path, figure: bool = True) -> list[str]:
+    """The answer at one scale: the headline figure (unless ``figure`` is False: the first page's summary
+    already shows it), the short table and the verdicts (Markdown lines)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -147,9 +161,9 @@ def _answer(profile: str, figures: Path) -> list[str]:
              f"{p.description}: PreActResNet-18 topology at width {p.width}, {p.epochs} epochs, "
              f"{results[0].metrics['train_images']} training and {results[0].metrics['test_images']} test images, "
              f"{seeds} seed(s). {report.missing_note(missing)}", "",
-             f"```{{note}}\n{report.ran_on(results)}\n```", ""]
+             ran_on_markdown(report.ran_on(results)), ""]
     diffs = tables.sam_vs_st(df)
-    if diffs:
+    if diffs and figure:
         fig = report.differences(diffs, f"SAM - ST, paired by seed ({profile} profile, {seeds} seed(s); "
                                         f"95% intervals)")
         name = f"headline_{profile}.png"
@@ -183,16 +197,21 @@ def _answer(profile: str, figures: Path) -> list[str]:
 
 
 def index_page(profile: str, chapters: list[str], figures: Path) -> str:
-    from . import tables
-    lines = ["# Sharpness-Aware Minimization and adversarial robustness", "",
-             "**The question.** Wei, Zhu and Zhang (2023) claim that SAM alone, without a single adversarial "
+    from . import readme, tables
+    summary, rows, headline = readme.summary("_static/headline.png")
+    if rows:
+        readme.save_figure(readme.headline_figure(rows, headline), figures / "headline.png", readme.data_digest(rows))
+    lines = ["# Sharpness-Aware Minimization and adversarial robustness", ""]
+    if summary:
+        lines += [summary, "## The question, and the answer at each scale", ""]
+    lines += ["**The question.** Wei, Zhu and Zhang (2023) claim that SAM alone, without a single adversarial "
              "example, makes a network more robust to small adversarial perturbations than standard training "
              "(ST), at no cost in clean accuracy; that a larger radius gives more; and that SAM does what "
              "adversarial training (AT) does, only more weakly. This book re-runs their experiments, checks "
              "every robustness number against stronger attacks, and judges each claim over seeds.", ""]
     answered = False
     for scale in ("paper", "fast", "cpu"):
-        part = _answer(scale, figures)
+        part = _answer(scale, figures, figure=scale != headline)
         if part:
             lines += part
             answered = True

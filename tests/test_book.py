@@ -68,8 +68,11 @@ def test_the_site_folds_helper_cells_and_gives_figures_alt_text():
                 nbformat.v4.new_code_cell("\n".join(f"x{i} = {i}" for i in range(12)),
                                           outputs=[nbformat.v4.new_output("display_data", {"image/png": "AAAA"})]),
                 nbformat.v4.new_code_cell("report.results_for(PROFILE)")]
-    out = prepare_notebook(nb, "Ran on: somewhere")
+    out = prepare_notebook(nb, "Ran on: somewhere\nCommits: abc, def+dirty")
     assert out.cells[1].cell_type == "markdown" and "Ran on: somewhere" in out.cells[1].source
+    # one short line; the provenance folded under it
+    shown, folded = out.cells[1].source.split("<details>")
+    assert "Commits" not in shown and "Commits: abc, def+dirty" in folded
     code = [c for c in out.cells if c.cell_type == "code"]
     assert ["hide-input" in c.metadata["tags"] for c in code] == [True, True, True, False]
     assert code[2].metadata["mystnb"]["image"]["alt"] == "Figure: The figure"

@@ -70,6 +70,9 @@ def test_the_site_is_built_offline_with_the_chapters(site):
     text = site.read_text()
     assert "cdn." not in text and "googleapis" not in text          # nothing fetched from the network
     assert "The question." in text and "04_tables.html" in text
+    # the first page opens with the README's one-page summary and its headline figure
+    assert text.index("This is a course") < text.index("The question.") and "headline.png" in text
+    assert (root / "_static" / "headline.png").exists()
     ch4 = (root / "04_tables.html").read_text()
     assert "Ran on:" in ch4 and "toggle" in ch4.lower()             # the ran-on line; folded helper cells
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in root.rglob("*.html"))   # readable by a web server
