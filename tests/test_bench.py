@@ -160,3 +160,19 @@ def test_quick_bench_writes_json_and_markdown(quick_report):
     assert "TFLOP/s |" not in md and "% of bf16 peak" not in md
     for w in r["workloads"]:
         assert w["label"] in md
+
+
+def test_the_compile_section_decides_by_the_slowest_workload(quick_report):
+    """torch.compile is adopted only when every measured workload gains 1.2x (issue: the long CPU profile):
+    a faster training step beside a slower evaluation reads "eager", and the page shows each ratio."""
+    r = json.loads((quick_report / "bench-cpu.json").read_text())
+    w = {"label": "ST step", "images_per_second": {"eager": 100.0, "compiled": 150.0}, "ratio": 1.5,
+         "compile_seconds": 40.0, "agreement": 4e-5, "agreement_measures": "relative difference"}
+    slow = dict(w, label="PGD-10 evaluation", images_per_second={"eager": 40.0, "compiled": 25.0}, ratio=0.625)
+    assert bench.compile_choice({"st": 1.5, "eval": 0.625}) == "eager"
+    assert bench.compile_choice({"st": 1.5, "sam": 1.2}) == "compile" and bench.compile_choice({}) == "eager"
+    r["compile"] = {"measured": True, "workloads": {"st": w, "eval": slow}, "ratio": 0.625,
+                    "choice": bench.compile_choice({"st": 1.5, "eval": 0.625})}
+    md = bench.to_markdown(r)
+    assert "| ST step | 100 | 150 | 1.50x | 40 |" in md and "| PGD-10 evaluation | 40 | 25 | 0.62x |" in md
+    assert "Choice: **eager**" in md and f"{bench.COMPILE_GAIN}x" in md
