@@ -12,6 +12,7 @@ from __future__ import annotations
 from .attacks import THREATS
 from .config import AT_L2_EPS, AT_LINF_EPS, PROFILES, SAM_RHOS, make_config, profile
 from .methods import METHODS
+from .optim import ASAM_ETA
 from .protocols import PROTOCOLS
 
 
@@ -56,9 +57,9 @@ def profile_facts(names=("paper", "cpu"), dataset: str = "cifar10"):
 
 
 def method_facts(dataset: str = "cifar10", profile_name: str = "paper"):
-    """One row per training method of :data:`lib.methods.METHODS`: what it is, its own hyperparameters with
-    their defaults (and SAM's radius where it has one), and its forward/backward passes per step with the
-    paper's training attack at L-inf 8/255 for the adversarial ones."""
+    """One row per training method of :data:`lib.methods.METHODS`: its own hyperparameters with their defaults
+    (and SAM's radius where it has one), its training attack and its forward/backward passes per step, with
+    the paper's training attack at L-inf 8/255 for the adversarial ones."""
     import pandas as pd
     rows = []
     for name, m in METHODS.items():
@@ -66,8 +67,10 @@ def method_facts(dataset: str = "cifar10", profile_name: str = "paper"):
         hp = [f"{h.name} = {c.hparam(h.name, h.default):g}" for h in m.hparams]
         if m.sam:
             hp.insert(0, f"rho = {c.rho:g}")
+        if m.adaptive:
+            hp.append(f"offset xi = {ASAM_ETA:g} (T = |theta| + xi on weight tensors)")
         attack = (f"PGD-{c.steps}, L-inf {c.eps * 255:g}/255, step {c.alpha * 255:g}/255" if m.adversarial else "none")
-        rows.append({"method": m.title, "what it does": m.description, "hyperparameters (default)": ", ".join(hp),
+        rows.append({"method": m.title, "hyperparameters (default)": ", ".join(hp),
                      "training attack": attack, "passes per step": m.passes_per_step(c)})
     return pd.DataFrame(rows).set_index("method")
 
