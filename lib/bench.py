@@ -498,7 +498,11 @@ def to_markdown(r: dict) -> str:
             lines.append(f"| {w['label']} | {w['images_per_second']['eager']:.0f} | "
                          f"{w['images_per_second']['compiled']:.0f} | {w['ratio']:.2f}x | "
                          f"{_f(w.get('compile_seconds'), '{:.0f}')} | {w['agreement']:.2g} ({w['agreement_measures']}) |")
-        lines += ["", f"Choice: **{comp['choice']}** (adopted only at {COMPILE_GAIN}x or more on every workload)."]
+        gain = [w["label"] for w in comp["workloads"].values() if w["ratio"] >= COMPILE_GAIN]
+        rest = [w["label"] for w in comp["workloads"].values() if w["ratio"] < COMPILE_GAIN]
+        lines += ["", f"Choice for all workloads together: **{comp['choice']}** (adopted only at {COMPILE_GAIN}x or "
+                  f"more on every one). Workloads that gain {COMPILE_GAIN}x or more: {', '.join(gain) or 'none'}; "
+                  f"that do not: {', '.join(rest) or 'none'}."]
     elif comp:
         lines += ["", "## torch.compile", "",
                   f"Not measured ({comp.get('note') or comp.get('error', '')}); choice: {comp.get('choice')}."]
