@@ -23,6 +23,22 @@ def test_the_unchecked_cells_are_the_ones_listed():
     assert found == _listed()
 
 
+def test_the_chapters_default_to_what_make_book_renders_without_a_gpu(monkeypatch):
+    """Without a GPU, `make book` (PROFILE=auto) renders the committed cpu results, and a chapter opened in
+    Jupyter has the same default in its parameters cell; smoke is asked for by name."""
+    import jupytext
+    import torch
+
+    from lib import cli
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert book.default_profile() == cli.resolve_profile("auto") == "cpu"
+    for ch in book.list_chapters():
+        params = [c for c in jupytext.read(ch).cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1 and params[0].source.startswith('PROFILE = "cpu"'), ch.name
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.resolve_profile("auto") == "fast" and cli.resolve_profile("smoke") == "smoke"
+
+
 def test_the_theory_chapter_is_compared_in_full():
     assert book.unchecked_cells(book.chapters_dir() / "01_theory.py") == []
 
@@ -33,6 +49,11 @@ def test_expectations_exist_and_hold_no_output_of_unchecked_cells(chapter):
     nb = nbformat.read(path, as_version=4)
     params = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert params and 'PROFILE = "smoke"' in params[0].source
+    # nbval executes the stored cells in order: the injected smoke cell comes right after the chapter's own
+    # parameters cell (whose default is the cpu profile), so the chapter runs at the smoke scale
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    at = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert "injected-parameters" in tags[at + 1]
     skipped = [c for c in nb.cells if c.cell_type == "code" and book.IGNORE_TAG in c.metadata.get("tags", [])]
     assert all(c.outputs == [] for c in skipped)
     compared = [c for c in nb.cells if c.cell_type == "code" and book.IGNORE_TAG not in c.metadata.get("tags", [])]
