@@ -18,7 +18,7 @@
 # still make a classifier more robust to one? Wei, Zhu and Zhang answer yes for a toy model that can
 # be solved on paper, and this chapter checks their answer.
 #
-# **Words used here** (the glossary page of the site collects them all):
+# **Words used here** (chapter 6, the glossary, collects them all):
 #
 # - *Standard training* (**ST**) minimises the average loss on the training data.
 # - An *adversarial example* is an input moved by a small perturbation $\delta$ chosen to make the

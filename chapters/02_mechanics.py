@@ -17,7 +17,7 @@
 # **The question of this chapter.** What exactly do SAM and an adversarial attack do to a network,
 # step by step, and in what sense is SAM a weaker form of adversarial training?
 #
-# **Words used here.** A network with weights $\theta$ (all of them, as one long vector) maps an
+# **Words used here** (chapter 6, the glossary, collects them all). A network with weights $\theta$ (all of them, as one long vector) maps an
 # image $x$ with pixels in $[0, 1]$ to logits; $L(\theta)$ is the cross-entropy on a batch and
 # $g = \nabla_\theta L$ its gradient. *SAM* (sharpness-aware minimisation) takes each training step
 # from the worst point of a small ball of weights around $\theta$, of L2 radius $\rho$. *PGD*
@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from lib import attacks, methods, optim, plots, probes, protocols, report
-from lib.config import make_config
+from lib.config import make_config, profile
 
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.precision", 3)
@@ -69,18 +69,18 @@ print(f"the network: {c.label}, seed {c.seed}: PreActResNet-18 topology at width
 # %% tags=["nbval-ignore-output"]
 print(report.ran_on([st]))
 print(report.banner(PROFILE, st.metrics["data"]))
-print(f"after the last epoch: clean {st.history[-1]['test_acc']:.1f}%, PGD-10 L-inf 1/255 "
+print(f"after the last epoch: clean {st.history[-1]['test_acc']:.1f}%, PGD-{profile(PROFILE).curve_steps} L-inf 1/255 "
       f"{st.history[-1]['test_linf_1']:.1f}% (the learning curve's test images)")
 
 # %% [markdown]
 # ## 1. The SAM update, in a few lines
 #
-# One SAM step from weights $\theta$ with learning rate $\eta_{lr}$:
+# One SAM step from weights $\theta$ with learning rate $\mathrm{lr}$:
 #
 # 1. the gradient $g = \nabla L(\theta)$ and the *ascent step* $e(\theta) = \rho\, g/\lVert g\rVert_2$
 #    (the norm over all weights at once): to first order, the worst point of the ball;
 # 2. the gradient $g_{SAM} = \nabla L(\theta + e(\theta))$ taken *there*;
-# 3. back to $\theta$, and a step $\theta \leftarrow \theta - \eta_{lr}\, g_{SAM}$.
+# 3. back to $\theta$, and a step $\theta \leftarrow \theta - \mathrm{lr}\, g_{SAM}$.
 #
 # Two forward/backward passes per step instead of one. In plain torch:
 
@@ -359,7 +359,7 @@ assert abs(e_norm - RHO) < 1e-5
 # <details><summary>Solution</summary>
 #
 # With $\rho = 0$ the ascent step is zero, the second gradient is taken at $\theta$ itself, and the
-# update is exactly SGD's: $\theta - \eta_{lr}\,g$. The cell below checks it.
+# update is exactly SGD's: $\theta - \mathrm{lr}\,g$. The cell below checks it.
 #
 # </details>
 

@@ -43,7 +43,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from lib import glossary, methods, plots, report, train
-from lib.config import grid, make_config
+from lib.config import grid, make_config, profile
 from lib.tables import results_frame
 
 GRID = report.book_grid(PROFILE)
@@ -144,11 +144,14 @@ df[["label", "seed", *shown]].round(1)
 # %% [markdown]
 # ## 4. Learning curves
 #
-# Clean test accuracy and PGD-10 accuracy at L-inf 1/255 (step $\epsilon/4$, fp32) after every epoch,
-# on the first test images of the profile (the band: one standard deviation over seeds).
+# Clean test accuracy and PGD accuracy at L-inf 1/255 (step $\epsilon/4$, fp32) after every epoch, on the
+# first test images of the profile (the band: one standard deviation over seeds; the number of images
+# and attack steps are printed below).
 
 # %% tags=["nbval-ignore-output"]
 fig = report.learning_curves(results, f"Learning curves, {DATASET}, {PROFILE} profile")
+prof = profile(PROFILE)
+print(f"curves on the first {prof.curve_images:,} test images; the attack: PGD-{prof.curve_steps}")
 report.savefig(fig, f"03_learning_curves_{PROFILE}")
 plt.show()
 hist = pd.concat([r.history_frame().assign(label=r.config.label) for r in results])

@@ -218,7 +218,7 @@ flat.groupby("method", sort=False)[["random", "worst", "Linf 2/255"]].mean().rou
 # the models trained at L-inf 8/255, this chapter's PGD-20 against standard AutoAttack at that budget
 # (`autoattack-linf8`, the number RobustBench ranks such models by), each on the same test images
 # and only on the runs AutoAttack ran on. A model whose PGD accuracy exceeds AutoAttack's by more
-# than 3 points is flagged.
+# than the threshold each line names is flagged: there PGD overestimates its robustness.
 
 # %% tags=["nbval-ignore-output"]
 evals = tables.results_frame(base + extra)

@@ -28,6 +28,9 @@
 # - $\epsilon$ (*eps*): an attack's **budget**, the largest perturbation allowed, in the L-inf or the L2
 #   norm. $\alpha$: the size of one attack step.
 # - $\rho$ (*rho*): SAM's **radius**, the L2 size of its weight perturbation.
+# - lr: the learning rate. $\gamma$: AWP's relative weight perturbation per layer (also the relative size
+#   of the flatness probe's perturbation, chapter 5). $\beta$: TRADES's weight on its KL term. $\lambda$:
+#   ARoW's. $\xi$: ASAM's offset in $T = |\theta| + \xi$.
 #
 # ## Budgets
 #
