@@ -28,8 +28,8 @@ def family(label: str) -> str:
 
 
 def book_grid(profile: str) -> str:
-    """The grid a profile's book shows: the core grid for ``cpu`` (what it trains), else the paper's."""
-    return "core" if profile == "cpu" else "paper"
+    """The grid a profile's book shows: the core grid for the CPU scales (what they train), else the paper's."""
+    return "core" if profile in ("cpu", "cpu-long") else "paper"
 
 
 def results_for(profile: str, grid_name: str | None = None, dataset: str = "cifar10", seeds=None, data_root=None):

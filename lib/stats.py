@@ -67,12 +67,17 @@ class Estimate:
         return "seeds and test images" if self.images > 1 else "seeds only"
 
     def p_value(self, margin: float = 0.0) -> float:
-        """Two-sided p-value of the contrast against ``margin`` (NaN when there is no interval)."""
+        """Two-sided p-value of the contrast against ``margin`` (NaN when there is no interval), the test
+        that matches the interval: the larger of the p-values over both components (Satterthwaite's df)
+        and over seeds alone, so p < 0.05 exactly when the 95 % interval excludes ``margin``."""
         if not self.resolved:
             return math.nan
         if self.se == 0:
             return 0.0 if self.mean != margin else 1.0
-        return float(2 * st.t.sf(abs(self.mean - margin) / self.se, self.df))
+        p = float(2 * st.t.sf(abs(self.mean - margin) / self.se, self.df))
+        if self.seeds > 1 and self.se_seed > 0 and self.images > 1:
+            p = max(p, float(2 * st.t.sf(abs(self.mean - margin) / self.se_seed, self.seeds - 1)))
+        return p
 
     def text(self, digits: int = 1, seeds_expected: int | None = None) -> str:
         """``+6.5 [+2.8, +10.3]``, or ``+6.5 (1 seed)``; ``, 2 of 3 seeds`` where seeds are missing."""
@@ -158,6 +163,16 @@ class Judgement:
     adjusted: dict         # cell -> Holm-adjusted p-value against the margin
 
 
+def fmt_p(p: float) -> str:
+    """``= 0.013``, ``< 0.0001``."""
+    return "< 0.0001" if p < 1e-4 else f"= {p:.2g}"
+
+
+def fmt_margin(m: float) -> str:
+    """0 -> ``0``, -0.5 -> ``-0.5``, 1.5 -> ``+1.5``."""
+    return "0" if m == 0 else f"{m:+g}"
+
+
 def judge(cells: dict, direction: int = +1, margin: float = 0.0, alpha: float = ALPHA, unit: str = "",
           seeds_expected: int | None = None) -> Judgement:
     """The verdict of a claim from its cells ({name: Estimate}) by the module's rule: ``holds`` when every
@@ -179,7 +194,8 @@ def judge(cells: dict, direction: int = +1, margin: float = 0.0, alpha: float = 
     against = [k for k in names if adj[k] < alpha and direction * (cells[k].mean - margin) < 0]
     if against:
         k = min(against, key=lambda k: adj[k])
-        return Judgement(REFUTED, f"{show(k)}, Holm p = {adj[k]:.2g} over {len(names)} cells", adj)
+        how = f"Holm p {fmt_p(adj[k])} over {len(names)} cells" if len(names) > 1 else f"p {fmt_p(adj[k])}"
+        return Judgement(REFUTED, f"{show(k)}, {how}", adj)
     k = min((k for k in names if k not in beyond), key=lambda k: direction * (cells[k].mean - margin))
     return Judgement(OPEN, show(k) + " (the cell furthest from holding)", adj)
 

@@ -16,7 +16,8 @@ import math
 import numpy as np
 
 from .attacks import THREAT_NAMES, threat_label
-from .stats import ALPHA, HOLDS, OPEN, REFUTED, Estimate, crossed_bootstrap_se, estimate, judge, seed_interval
+from .stats import (ALPHA, HOLDS, OPEN, REFUTED, Estimate, crossed_bootstrap_se, estimate, fmt_margin, judge,
+                    seed_interval)
 
 COLUMNS = ["natural", *THREAT_NAMES]
 COLUMN_LABELS = {"natural": "Natural", **{t: threat_label(t).replace("L-inf", "Linf") for t in THREAT_NAMES}}
@@ -468,10 +469,11 @@ def claim_rules(df=None) -> "pd.DataFrame":
             continue
         side, m = ("above" if spec["direction"] > 0 else "below"), spec["margin"]
         other = "below" if spec["direction"] > 0 else "above"
-        n = f" ({k} cells)" if k else ""
+        n = f" ({k} cells)" if k and cid != "2" else ""
         rows.append({"claim": f"{cid}. {spec['text']}", "cells": spec["cells"] + n,
-                     "holds": f"every cell's 95% interval {side} {m:+g} points",
-                     "does not hold": f"a cell {other} {m:+g} with Holm-adjusted p < {ALPHA:g} over the claim's cells",
+                     "holds": f"every cell's 95% interval {side} {fmt_margin(m)} points",
+                     "does not hold": (f"the cell's interval {other} {fmt_margin(m)} (p < {ALPHA:g})" if cid == "2" else
+                                       f"a cell {other} {fmt_margin(m)} with Holm-adjusted p < {ALPHA:g} over the claim's cells"),
                      "multiplicity": ("one cell per budget, each its own verdict" if cid == "2" else
                                       "holds: intersection-union (no correction); does not hold: Holm")})
     out = pd.DataFrame(rows).set_index("claim")
@@ -483,8 +485,8 @@ def _claim(cid: str, cells: dict, title: str | None = None, seeds_expected=None,
     spec = CLAIMS[cid]
     j = judge(cells, spec["direction"], spec["margin"], seeds_expected=seeds_expected)
     return {"id": cid, "claim": f"{cid}. {title or spec['text']}", "verdict": j.verdict, "deciding": j.deciding,
-            "rule": f"{spec['cells']}; holds when every interval is beyond {spec['margin']:+g}{unit}, does not hold "
-                    f"when one is beyond it the other way after Holm over {len(cells)} cell(s)",
+            "rule": f"{spec['cells']}; holds when every interval is beyond {fmt_margin(spec['margin'])}{unit}, does not "
+                    f"hold when one is beyond it the other way" + (f" after Holm over {len(cells)} cells" if len(cells) > 1 else ""),
             "evidence": "; ".join(f"{k}: {_fmt(e, seeds_expected)}" for k, e in cells.items()), "cells": cells}
 
 

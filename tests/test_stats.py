@@ -78,7 +78,7 @@ def _cells(means, se=1.0, df=30.0):
     out = {}
     for k, m in means.items():
         half = float(stats.st.t.ppf(0.975, df)) * se
-        out[k] = stats.Estimate(m, m - half, m + half, se, se, 0.0, df, 3, 1000)
+        out[k] = stats.Estimate(m, m - half, m + half, se, 0.2 * se, se, df, 3, 1000)   # images dominate
     return out
 
 
@@ -196,3 +196,17 @@ def test_the_committed_records_all_pass_the_checks():
                if (d / "metrics.json").exists()]
     assert folders
     assert sum(len(protocols.evaluations(runs.load_run(d))) for d in folders) >= len(folders)
+
+
+def test_the_p_value_matches_the_interval():
+    """p < 0.05 exactly when the 95 % interval excludes the margin, whichever bound (seeds alone, or both
+    components) set the interval's width."""
+    rng = np.random.default_rng(5)
+    for shift in np.linspace(-0.08, 0.08, 17):
+        for n in (200, 2000):
+            d = (rng.random((n, 3)) < 0.5 + shift).astype(float) - (rng.random((n, 3)) < 0.5)
+            d[:, 0] += rng.normal(0, 0.02)                      # some seed spread
+            e = stats.estimate(d)
+            for margin in (0.0, -1.0, 2.0):
+                excluded = e.low > margin or e.high < margin
+                assert (e.p_value(margin) < 0.05) == excluded, (shift, n, margin, e)
