@@ -16,7 +16,11 @@
 #
 # The words, symbols and names the book uses, each with one meaning. Lists of settings (methods,
 # budgets, protocols, profiles) are printed from the code that uses them, so they cannot drift from it.
-#
+
+# %% tags=["parameters"]
+PROFILE = "cpu"       # the glossary is the same for every profile
+
+# %% [markdown]
 # ## Symbols
 #
 # - $x$, $y$: an image (pixels in $[0, 1]$) and its label. $\delta$: a perturbation of the image;
@@ -38,9 +42,6 @@
 # of an 8-bit image: **L-inf 2/255** lets every pixel move by up to two grey levels; **L2 32/255**
 # bounds the Euclidean length of the whole perturbation (all 3,072 pixel values) by 32/255. An
 # **L-inf** budget bounds the largest change of any pixel, an **L2** budget the total length.
-
-# %% tags=["parameters"]
-PROFILE = "cpu"       # the glossary is the same for every profile
 
 # %%
 from IPython.display import Markdown, display

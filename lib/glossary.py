@@ -68,7 +68,7 @@ def method_facts(dataset: str = "cifar10", profile_name: str = "paper"):
         if m.sam:
             hp.insert(0, f"rho = {c.rho:g}")
         if m.adaptive:
-            hp.append(f"offset xi = {ASAM_ETA:g} (T = |theta| + xi on weight tensors)")
+            hp.append(f"offset xi = {ASAM_ETA:g}")
         attack = (f"PGD-{c.steps}, L-inf {c.eps * 255:g}/255, step {c.alpha * 255:g}/255" if m.adversarial else "none")
         rows.append({"method": m.title, "hyperparameters (default)": ", ".join(hp),
                      "training attack": attack, "passes per step": m.passes_per_step(c)})
