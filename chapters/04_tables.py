@@ -273,3 +273,86 @@ by_rho = tables.sam_vs_st_by_measure(df10)
 if not by_rho.empty:
     report.save_table(by_rho, f"04_sam_minus_st_by_measure_{PROFILE}")
 display(by_rho)
+
+# %% [markdown]
+# ## Two CPU scales, and how the verdicts move with training length
+# The networks above are trained briefly. The `cpu-long` scale trains the same network on the same
+# data with the same schedule shape for longer and evaluates it on every test image; the length axis
+# trains ST and SAM at intermediate lengths, each with its own full schedule. Below: the scales' facts
+# (from their configurations), each claim's verdict at both scales with its deciding cell, and SAM
+# minus ST against training length. A missing run leaves its cell out, and the seed count says so.
+
+# %% tags=["nbval-ignore-output"]
+SCALES = ("cpu", "cpu-long")
+if PROFILE in SCALES:
+    from lib.config import PROFILES
+    display(pd.DataFrame({s: {"width": PROFILES[s].width, "epochs": PROFILES[s].epochs, "lr (peak)": PROFILES[s].lr,
+                              "schedule": PROFILES[s].schedule, "seeds": len(PROFILES[s].seeds),
+                              "test images per class": PROFILES[s].test_per_class or "all"} for s in SCALES}))
+    scale_runs = {s: report.results_for(s, "core", "cifar10", SEEDS, data_root=DATA)[0] for s in SCALES}
+    frames = {s: tables.results_frame(r) if r else None for s, r in scale_runs.items()}
+    for s, r in scale_runs.items():
+        print(f"{s}: {len(r)} run(s) of the core grid committed")
+    by_scale = tables.claims_by_scale(frames)
+    report.save_table(by_scale, f"04_claims_by_scale_{PROFILE}",
+                      caption="The paper's claims at the two CPU scales (paper protocol, every test image)")
+    with pd.option_context("display.max_colwidth", 120):
+        display(by_scale)
+else:
+    print(f"The CPU scales are shown in the cpu and cpu-long books; this is the {PROFILE} profile.")
+
+# %% tags=["nbval-ignore-output"]
+if PROFILE in SCALES:
+    keep = ["ST", "SAM rho=0.1", "SAM rho=0.4"]
+    length_runs = report.results_for("cpu-long", "length", "cifar10", SEEDS, data_root=DATA)[0]
+    parts = [f[f["label"].isin(keep)] for f in frames.values() if f is not None]
+    if length_runs:
+        parts.append(tables.results_frame(length_runs))
+    by_length = tables.sam_vs_st_by_length(pd.concat(parts, ignore_index=True))
+    lengths = sorted({r["epochs"] for r in by_length})
+    print("training lengths with SAM and ST runs:", ", ".join(f"{e} epochs" for e in lengths))
+    if by_length:
+        fig = report.length_axis(by_length, "SAM - ST against training length (paper protocol; 95% intervals "
+                                            "over seeds and test images)")
+        report.savefig(fig, f"04_length_axis_{PROFILE}")
+        plt.show()
+        cells = pd.DataFrame(by_length).assign(cell=lambda d: [
+            tables.Estimate(m, lo, hi, seeds=n).text() for m, lo, hi, n in zip(d["mean"], d["low"], d["high"], d["seeds"])])
+        table = cells.pivot_table(index=["rho", "epochs"], columns="column", values="cell", aggfunc="first", sort=False)
+        report.save_table(table, f"04_length_axis_{PROFILE}")
+        display(table)
+
+# %% [markdown]
+# ## Exercises
+# 1. Claim 1a is judged on sixteen cells. Without Holm's correction, how many of them would have to lie
+#    below zero by chance alone, on average, if SAM and ST were equally robust? (Each cell's two-sided
+#    test has level 5 %, so half of that lies below zero.)
+# 2. Take the cell "SAM at the largest rho minus ST at L-inf 2/255" on the first few hundred test images
+#    from the interval table above. How many test images would make its image standard error as small as
+#    its seed standard error?
+# 3. Claim 1b allows SAM to lose up to half a point of clean accuracy. Judge it again with no margin at
+#    all (`lib.stats.judge` on the claim's cells, `margin=0`): can the verdict change, and in which
+#    direction only?
+#
+# <details><summary>Solutions</summary>
+#
+# 1. 16 x 0.025 = 0.4 cells: about one claim in three would be refuted by at least one chance cell
+#    (1 - 0.975^16 = 0.33), which is why a refutation is Holm-corrected.
+# 2. The image standard error shrinks as one over the square root of the number of images: multiply
+#    the number of images by (s.e. images / s.e. seeds)^2 (computed below).
+# 3. A stricter margin can only turn "holds" into "not resolved" or "does not hold", never the reverse
+#    (every cell must clear a higher bar); the check cell below does it on these runs.
+#
+# </details>
+
+# %% tags=["nbval-ignore-output"]
+if "noise" in globals() and len(noise) >= 3:
+    row = noise.iloc[2]
+    print(f"exercise 2: {row['images']} x ({row['s.e. images']:.2f} / {row['s.e. seeds']:.2f})^2 = "
+          f"{row['images'] * (row['s.e. images'] / row['s.e. seeds']) ** 2:,.0f} test images")
+
+# %%
+from lib import stats
+c1b = next(c for c in tables.check_claims(df10) if c["id"] == "1b")
+if c1b["cells"]:
+    print("claim 1b with margin -0.5:", c1b["verdict"], "| with margin 0:", stats.judge(c1b["cells"], +1, 0.0).verdict)

@@ -281,3 +281,29 @@ def differences(rows, title: str):
     ax.set(ylabel="SAM - ST (points)", title=title)
     ax.legend(fontsize=8, ncol=len(rhos))
     return fig
+
+
+def length_axis(rows, title: str):
+    """SAM - ST against training length (epochs): one panel per column (clean, each budget), one line per rho,
+    each point the paired mean with its 95 % interval over seeds and test images (rows: tables.sam_vs_st_by_length)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    cols = list(dict.fromkeys(df["column"]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3.2), sharey=False)
+    axes = [axes] if len(cols) == 1 else list(axes)
+    rhos = sorted(df["rho"].unique())
+    for ax, col in zip(axes, cols):
+        for k, rho in enumerate(rhos):
+            d = df[(df["column"] == col) & (df["rho"] == rho)].sort_values("epochs")
+            x = d["epochs"] + (k - (len(rhos) - 1) / 2) * 0.15
+            ax.errorbar(x, d["mean"], yerr=[(d["mean"] - d["low"]).fillna(0), (d["high"] - d["mean"]).fillna(0)],
+                        fmt="o-", capsize=3, label=f"rho={rho:g}")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(title=col, xlabel="epochs")
+        ax.set_xticks(sorted(df["epochs"].unique()))
+    axes[0].set_ylabel("SAM - ST (points)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

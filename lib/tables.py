@@ -96,7 +96,7 @@ def run_row(result) -> dict:
     """
     from .protocols import common_worst, evaluations, unpack, worst_case
     m, c = result.metrics, result.config
-    row = {"label": m["label"], "method": m["method"], "seed": m["seed"], "profile": m["profile"],
+    row = {"label": m["label"], "method": m["method"], "seed": m["seed"], "profile": m["profile"], "epochs": c.epochs,
            "dataset": m["dataset"], "rho": c.rho, "norm": c.norm if c.spec.adversarial else "",
            "eps": c.eps * 255 if c.spec.adversarial else 0.0, "train_seconds": m.get("train_seconds"),
            "passes_per_step": m.get("passes_per_step"), "images_per_second": m.get("images_per_second"),
@@ -539,6 +539,31 @@ def check_claims(df, measure: str = "paper") -> list[dict]:
             missing(cid, "needs ST, SAM and AT runs")
     if "ST" in labels and sams and "train_seconds" in df:
         out.append(_time_claim(df, sams, ats))
+    return out
+
+
+def sam_vs_st_by_length(df, column_prefix: str = "paper") -> list[dict]:
+    """:func:`sam_vs_st` at each training length (``epochs``) of the frame: SAM and ST paired within a length
+    (same seed, same test images); rows gain ``epochs`` and ``profile``."""
+    rows = []
+    for (prof, e), sub in df.groupby(["profile", "epochs"], sort=True):
+        rows += [dict(r, epochs=int(e), profile=prof) for r in sam_vs_st(sub, column_prefix)]
+    return sorted(rows, key=lambda r: (r["epochs"], r["rho"]))
+
+
+def claims_by_scale(frames: dict, measure: str = "paper") -> "pd.DataFrame":
+    """Each claim's verdict and deciding cell at each scale (``frames``: scale name -> results frame), side by
+    side; a claim a scale cannot judge yet reads as its :func:`check_claims` says (not resolved, and why)."""
+    import pandas as pd
+    cols = {}
+    for scale, df in frames.items():
+        if df is None or df.empty:
+            continue
+        for c in check_claims(df, measure):
+            cols.setdefault(c["claim"], {})[f"{scale}: verdict"] = c["verdict"]
+            cols[c["claim"]][f"{scale}: deciding"] = c["deciding"]
+    out = pd.DataFrame.from_dict(cols, orient="index")
+    out.index.name = "claim"
     return out
 
 
