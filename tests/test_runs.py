@@ -174,3 +174,14 @@ def test_weights_that_are_not_the_runs_own_are_refused(tmp_path):
     torch.save(sd, r.path / runs.MODEL)
     with pytest.raises(SambookError, match="not the weights its results were made from"):
         runs.load_model(runs.load_run(r.path))
+
+
+def test_no_committed_run_reads_as_made_by_other_training_code():
+    """Every committed run was made by this training code, or by a fingerprint checked to reproduce it bit
+    for bit (runs.EQUIVALENT_FINGERPRINTS, keyed by the current fingerprint, so a later change of the
+    training code drops the equivalence until it is checked again and recorded)."""
+    from lib import paths
+    folders = [d for d in sorted(paths.committed_runs_root().iterdir()) if runs.is_finished(d)]
+    assert folders and runs.stale([runs.load_run(d) for d in folders]) == []
+    for now, older in runs.EQUIVALENT_FINGERPRINTS.items():
+        assert now not in older and now in runs.EQUIVALENCE_CHECKS
