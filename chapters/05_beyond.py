@@ -61,9 +61,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 from IPython.display import Markdown, display
-from scipy.stats import spearmanr
 
-from lib import glossary, methods, plots, probes, report, tables
+from lib import glossary, methods, plots, probes, report, stats, tables
 from lib.config import profile
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -199,9 +198,12 @@ print("relative size gamma of the weight perturbation per layer: "
 report.save_table(flat.set_index("method"), f"05_flatness_{PROFILE}", floatfmt=".4f")
 corr = {}
 for kind in ("random", "worst"):
-    corr[kind] = spearmanr(flat[kind], flat["Linf 2/255"])
-    print(f"Spearman rank correlation over {len(flat)} runs, {kind}-direction flatness vs L-inf 2/255 accuracy: "
-          f"{corr[kind][0]:.2f} (p = {corr[kind][1]:.2g}; negative = flatter is more robust)")
+    # over configurations, not runs: a configuration's seeds are averaged first, so that three seeds of one
+    # configuration do not count as three independent samples (which would overstate the p-value's evidence)
+    corr[kind] = stats.config_spearman(flat[kind], flat["Linf 2/255"], flat["method"])
+    print(f"Spearman rank correlation over {corr[kind][2]} configurations (seed means of {len(flat)} runs), "
+          f"{kind}-direction flatness vs L-inf 2/255 accuracy: {corr[kind][0]:.2f} (p = {corr[kind][1]:.2g}; "
+          f"negative = flatter is more robust)")
 fig = plots.flatness_vs_robustness(flat, "Linf 2/255", f"Flatness against robustness ({PROFILE} profile)",
                                    "PGD-10 accuracy at L-inf 2/255 (%)")
 report.savefig(fig, f"05_flatness_{PROFILE}")
@@ -287,7 +289,8 @@ display(Markdown("\n".join([
     f"- **Weight perturbation helps most on top of adversarial examples.** AWP and SAM+AT add a SAM-like step to AT; "
     f"AWP's published gain over AT is {gain['best']:+.1f} points of PGD-20 at the best checkpoint and "
     f"{gain['last']:+.1f} at the last (it mostly prevents robust overfitting).",
-    f"- **Flatness and robustness, across training objectives.** Over {len(flat)} runs the rank correlation with "
+    f"- **Flatness and robustness, across training objectives.** Over {corr['random'][2]} configurations (the seed "
+    f"means of {len(flat)} runs) the rank correlation with "
     f"L-inf 2/255 accuracy is {corr['random'][0]:.2f} (p = {corr['random'][1]:.2g}) for random-direction flatness and "
     f"{corr['worst'][0]:.2f} (p = {corr['worst'][1]:.2g}) for worst-direction flatness (negative: flatter is more "
     f"robust). Read it with care: it mixes models trained on different losses (exercise 4), and flatness in weight "
