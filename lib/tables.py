@@ -211,6 +211,7 @@ def comparison_table(df, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
                 cells[(COLUMN_LABELS[col], "worst")] = float(mean.loc[label, f"worst_{col}"])
                 gap = float(mean.loc[label, f"gap_{col}"]) if f"gap_{col}" in mean else math.nan
                 cells[(COLUMN_LABELS[col], "flag")] = "WEAK" if gap > FLAG_POINTS else ""
+        cells[("", "seeds")] = int(n.loc[label])      # a row with fewer seeds than the profile's says so here
         out[shown] = cells
     table = pd.DataFrame.from_dict(out, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
@@ -223,7 +224,7 @@ def comparison_table(df, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
 def flat_comparison(table):
     """The comparison table with one level of column names ('Natural ours', ...) for CSV/Markdown/LaTeX."""
     flat = table.copy()
-    flat.columns = [f"{a} {b}" for a, b in table.columns]
+    flat.columns = [f"{a} {b}".strip() for a, b in table.columns]
     return flat.dropna(axis=1, how="all")
 
 
@@ -390,7 +391,9 @@ def versus(df, base_label: str, columns: dict) -> "pd.DataFrame":
             v = judge({title: ci}, +1).verdict
             rows.append(dict(zip(VERSUS_COLUMNS, [label, title, ci.mean, ci.low, ci.high, ci.seeds, ci.images,
                                                   {HOLDS: "higher", REFUTED: "lower"}.get(v, "not resolved")])))
-    return pd.DataFrame(rows, columns=VERSUS_COLUMNS)
+    out = pd.DataFrame(rows, columns=VERSUS_COLUMNS)
+    out.attrs["seeds_expected"] = _seeds_expected(df)
+    return out
 
 
 def versus_table(long, seeds_expected: int | None = None):
@@ -399,6 +402,7 @@ def versus_table(long, seeds_expected: int | None = None):
     import pandas as pd
     if long.empty:
         return pd.DataFrame(index=pd.Index([], name="method"))
+    seeds_expected = seeds_expected or long.attrs.get("seeds_expected")
     cells = long.assign(cell=[Estimate(m, lo, hi, seeds=int(n)).text(seeds_expected=seeds_expected)
                               for m, lo, hi, n in long[["mean", "95% low", "95% high", "seeds"]].itertuples(index=False)])
     wide = cells.pivot(index="method", columns="column", values="cell")

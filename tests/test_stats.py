@@ -210,3 +210,18 @@ def test_the_p_value_matches_the_interval():
             for margin in (0.0, -1.0, 2.0):
                 excluded = e.low > margin or e.high < margin
                 assert (e.p_value(margin) < 0.05) == excluded, (shift, n, margin, e)
+
+
+def test_tables_say_how_many_seeds_stand_behind_a_row():
+    """Table 2 carries each row's seed count; chapter 5's versus table says "2 of 3 seeds" where one is missing."""
+    rows = []
+    for s in (0, 1, 2):
+        rows += [{"label": "ST", "seed": s, "profile": "cpu", "natural": 70 + s,
+                  **{f"paper_{t}": 40 + s for t in THREAT_NAMES}},
+                 {"label": "AT L-inf 1/255", "seed": s, "profile": "cpu", "natural": 68 + s / 2,
+                  **{f"paper_{t}": 55 + s if s < 2 else float("nan") for t in THREAT_NAMES}}]
+    df = pd.DataFrame(rows)
+    t = tables.flat_comparison(tables.comparison_table(df[~((df["label"] == "ST") & (df["seed"] > 0))]))
+    assert t.loc["ST", "seeds"] == 1 and t.loc["AT L-inf 1/255", "seeds"] == 3
+    wide = tables.versus_table(tables.versus(df, "ST", {"paper_linf_1": "L-inf 1/255"}))
+    assert wide.loc["AT L-inf 1/255", "L-inf 1/255"].endswith("(2 of 3 seeds)")
