@@ -415,13 +415,14 @@ TRAIN_PROFILES = {
     # seeds: independent data sets (Monte Carlo replicates); n_samples: per seed; steps: GD steps
     "smoke": {"seeds": (0, 1, 2, 3), "n_samples": 20_000, "steps": 300},
     "cpu": {"seeds": tuple(range(8)), "n_samples": 20_000, "steps": 300},    # twice smoke's replicates: ~1 min
+    "cpu-long": {"seeds": tuple(range(8)), "n_samples": 20_000, "steps": 300},  # the toy model does not need longer
     "fast": {"seeds": tuple(range(8)), "n_samples": 100_000, "steps": 400},
     "paper": {"seeds": tuple(range(16)), "n_samples": 400_000, "steps": 500},
 }
 
 
 def train_profile(profile: str) -> dict:
-    """Training sizes for :func:`train_linear` by profile name (smoke | cpu | fast | paper)."""
+    """Training sizes for :func:`train_linear` by profile name (smoke | cpu | cpu-long | fast | paper)."""
     if profile not in TRAIN_PROFILES:
         raise ConfigError(f"profile must be one of {sorted(TRAIN_PROFILES)}, got {profile!r}")
     return dict(TRAIN_PROFILES[profile])
