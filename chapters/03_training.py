@@ -219,8 +219,9 @@ print(f"{n_train:,} training images / batch {c0.batch_size} = {steps_per_epoch} 
 # <details><summary>Solution</summary>
 #
 # The schedule is printed in the settings table of section 1. With the paper's step schedule the rate
-# starts at its peak and drops tenfold twice; with one-cycle it rises linearly from almost 0 to the
-# peak over the warm-up, then falls linearly to 0 at the last step. The cell below evaluates it.
+# starts at its peak and drops tenfold at 75 % and again at 90 % of the epochs (at epoch boundaries,
+# so a run of very few epochs may never reach them); with one-cycle it rises linearly from almost 0 to
+# the peak over the warm-up, then falls linearly to 0 at the last step. The cell below evaluates it.
 #
 # </details>
 
