@@ -285,7 +285,8 @@ def main(argv=None) -> int:
         if args.check:
             stale = check()
             if stale:
-                print(f"readme: {' and '.join(stale)} disagree with the committed runs: run make readme")
+                verb = "disagree" if len(stale) > 1 else "disagrees"
+                print(f"readme: {' and '.join(stale)} {verb} with the committed runs: run make readme")
                 return 1
             print("readme: README.md's result block and the headline figure agree with the committed runs")
             return 0
