@@ -127,6 +127,8 @@ fam = means.index.map(report.family)
 
 
 def span(rows, col, fmt=".1f", unit=" %"):
+    if rows[col].dropna().empty:
+        return "(no run yet)"
     lo, hi = rows[col].min(), rows[col].max()
     same = format(lo, fmt) == format(hi, fmt)
     return f"{lo:{fmt}}{unit}" if same else f"{lo:{fmt}} to {hi:{fmt}}{unit}"

@@ -145,11 +145,14 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 diffs = tables.sam_vs_st(df10)
-fig = report.differences(diffs, f"Paired SAM - ST differences ({PROFILE} profile, "
-                                f"{df10['seed'].nunique()} seed(s))")
-report.savefig(fig, f"04_sam_minus_st_{PROFILE}")
-plt.show()
-pd.DataFrame(diffs).pivot_table(index="rho", columns="column", values="mean", sort=False)
+if diffs:
+    fig = report.differences(diffs, f"Paired SAM - ST differences ({PROFILE} profile, "
+                                    f"{df10['seed'].nunique()} seed(s))")
+    report.savefig(fig, f"04_sam_minus_st_{PROFILE}")
+    plt.show()
+    display(pd.DataFrame(diffs).pivot_table(index="rho", columns="column", values="mean", sort=False))
+else:
+    print("No SAM run has its ST run of the same seed yet.")
 
 # %% [markdown]
 # ## Robust accuracy against the budget

@@ -18,10 +18,10 @@ BAD = [
     # unknown names, each error naming the valid choices
     (["train", "--method", "foo"], "unknown method 'foo'; valid methods: st, sam, asam, at, sam_at, awp, trades, arow"),
     (["train", "--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: cifar10, cifar100"),
-    (["train", "--profile", "huge"], "unknown profile 'huge'; valid profiles: smoke, cpu, fast, paper"),
-    (["grid", "--profile", "nope"], "unknown profile 'nope'; valid profiles: smoke, cpu, fast, paper"),
+    (["train", "--profile", "huge"], "unknown profile 'huge'; valid profiles: smoke, cpu, cpu-long, fast, paper"),
+    (["grid", "--profile", "nope"], "unknown profile 'nope'; valid profiles: smoke, cpu, cpu-long, fast, paper"),
     (["sweep", "--profile", "nope"], "unknown profile 'nope'"),
-    (["sweep", "--grid", "huge"], "unknown grid 'huge'; valid grids: paper, core, beyond, fp32attack, all"),
+    (["sweep", "--grid", "huge"], "unknown grid 'huge'; valid grids: paper, core, beyond, fp32attack, length, all"),
     (["sweep", "--executor", "slurm"], "unknown executor 'slurm'; valid executors: local, ray"),
     (["sweep", "--only", "st,foo"], "unknown method(s) foo; valid methods"),
     (["sweep", "--grid", "core", "--only", "awp"], "has no run of method(s) awp"),
@@ -29,7 +29,7 @@ BAD = [
     (["evaluate", "--profile", "nope"], "unknown profile 'nope'"),
     (["train", "--norm", "l3"], "unknown norm 'l3'; valid norms: linf, l2"),
     (["train", "--source", "ftp"], "unknown source 'ftp'; valid sources: auto, official, imagefolder, npz"),
-    (["check-data", "--profile", "nope"], "unknown profile 'nope'; valid profiles: auto, smoke, cpu, fast, paper"),
+    (["check-data", "--profile", "nope"], "unknown profile 'nope'; valid profiles: auto, smoke, cpu, cpu-long, fast, paper"),
     (["bench", "--profile", "nope"], "unknown profile 'nope'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -98,7 +98,7 @@ def test_bad_input_from_a_real_process_has_no_traceback():
                        cwd=paths.REPO_ROOT, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
-        "error: argument --profile: unknown profile 'nope'; valid profiles: smoke, cpu, fast, paper "
+        "error: argument --profile: unknown profile 'nope'; valid profiles: smoke, cpu, cpu-long, fast, paper "
         "(see python -m lib grid --help)"]
 
 
@@ -174,10 +174,10 @@ def test_train_command_prints_metrics_and_evaluations(tmp_path, capsys):
 # -- the Makefile ----------------------------------------------------------------------------------
 
 MAKE_BAD = [
-    (["book", "PROFILE=nope"], "unknown PROFILE 'nope'; valid profiles: auto, smoke, cpu, fast, paper"),
+    (["book", "PROFILE=nope"], "unknown PROFILE 'nope'; valid profiles: auto, smoke, cpu, cpu-long, fast, paper"),
     (["sweep", "PROFILE=nope"], "unknown PROFILE 'nope'"),
     (["sweep", "EXECUTOR=slurm"], "unknown EXECUTOR 'slurm'; valid executors: local, ray"),
-    (["sweep", "GRID=huge"], "unknown GRID 'huge'; valid grids: paper, core, beyond, fp32attack, all"),
+    (["sweep", "GRID=huge"], "unknown GRID 'huge'; valid grids: paper, core, beyond, fp32attack, length, all"),
     (["book", "SAMBOOK_DATA=/nonexistent/place"], "tried: /nonexistent/place"),
     (["test", "SAMBOOK_DATA=/nonexistent/place"], "tried: /nonexistent/place"),
     (["bench", "PROFILE=nope"], "unknown PROFILE 'nope'"),
