@@ -202,16 +202,18 @@ def block(root=None, figure_src: str = FIGURE_REL) -> tuple[str, list, str | Non
                     f"![SAM minus ST in clean and robust accuracy at each budget, {scale} profile]({figure_src})", "",
                     f"*SAM minus ST at the same seed, in points, under the paper's protocol (PGD-10) on "
                     f"{int(df['paper_n'].min()):,} test images; dots: the mean over {seeds} seeds; bars: 95 % "
-                    f"intervals; above zero SAM is better.* The paper's claims at this scale "
+                    f"intervals over seeds and test images; above zero SAM is better.* The paper's claims at this scale "
                     f"(chapter 4 derives each verdict):", "",
                     "| claim | verdict | deciding number |", "|---|---|---|"]
     for c in claims:
         lines.append(f"| {c['claim']} | **{c['verdict']}** | {deciding(c)} |".replace("\n", " "))
-    rules = list(dict.fromkeys((c["claim"].split(".")[0], c["rule"]) for c in claims if c.get("rule")))
-    if rules:
-        lines += ["", "<details><summary>The rule behind each verdict</summary>", ""]
-        lines += [f"- {k}: {r}" for k, r in rules]
-        lines += ["", "</details>"]
+    rules = tables.claim_rules(df)
+    lines += ["", "<details><summary>The rule behind each verdict</summary>", "",
+              "Each cell is a paired contrast with its 95 % interval over seeds and test images.", "",
+              "| claim | cells | holds when | does not hold when | multiplicity |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['cells']} | {r['holds']} | {r['does not hold']} | {r['multiplicity']} |"
+              for k, r in rules.iterrows()]
+    lines += ["", f"Otherwise: {rules.attrs['otherwise']}.", "", "</details>"]
     lines.append(END)
     return "\n".join(lines), rows, scale
 

@@ -475,8 +475,9 @@ def claim_rules(df=None) -> "pd.DataFrame":
         other = "below" if spec["direction"] > 0 else "above"
         n = f" ({k} cells)" if k and cid != "2" else ""
         rows.append({"claim": f"{cid}. {spec['text']}", "cells": spec["cells"] + n,
-                     "holds": f"every cell's 95% interval {side} {fmt_margin(m)} points",
-                     "does not hold": (f"the cell's interval {other} {fmt_margin(m)} (p < {ALPHA:g})" if cid == "2" else
+                     "holds": (f"the slope's 95% interval {side} {fmt_margin(m)}" if cid == "2" else
+                               f"every cell's 95% interval {side} {fmt_margin(m)} points"),
+                     "does not hold": (f"the slope's interval {other} {fmt_margin(m)} (p < {ALPHA:g})" if cid == "2" else
                                        f"a cell {other} {fmt_margin(m)} with Holm-adjusted p < {ALPHA:g} over the claim's cells"),
                      "multiplicity": ("one cell per budget, each its own verdict" if cid == "2" else
                                       "holds: intersection-union (no correction); does not hold: Holm")})
