@@ -214,8 +214,50 @@ def block(root=None, figure_src: str = FIGURE_REL) -> tuple[str, list, str | Non
     lines += [f"| {k} | {r['cells']} | {r['holds']} | {r['does not hold']} | {r['multiplicity']} |"
               for k, r in rules.iterrows()]
     lines += ["", f"Otherwise: {rules.attrs['otherwise']}.", "", "</details>"]
+    lines += length_sentence(scale, root)
     lines.append(END)
     return "\n".join(lines), rows, scale
+
+
+LONG = ("cpu", "cpu-long")        # the two CPU scales: the same network and data, 2 and 10 epochs
+
+
+def length_sentence(scale: str, root=None) -> list[str]:
+    """One sentence on how SAM - ST moved between the two CPU scales, from the committed runs of both (the
+    longer scale may be partial: the sentence says at how many seeds), or nothing where one scale has no pair."""
+    import pandas as pd
+
+    from . import tables
+    from .attacks import threat_label
+    from .config import PROFILES
+    if scale not in LONG:
+        return []
+    frames = [committed_frame(s, root)[0] for s in LONG]
+    if any(f.empty for f in frames):
+        return []
+    rows = pd.DataFrame(tables.sam_vs_st_by_length(pd.concat(frames, ignore_index=True)))
+    rows = rows[rows["seeds"] > 0] if not rows.empty else rows
+    if rows.empty or rows["epochs"].nunique() < 2:
+        return []
+    short, long = PROFILES[LONG[0]].epochs, PROFILES[LONG[1]].epochs
+    at = rows[rows["epochs"] == long]
+    parts = []
+    for rho in sorted(at["rho"].unique()):
+        for col in ("Natural", tables.COLUMN_LABELS["linf_2"]):
+            a = rows[(rows["epochs"] == short) & (rows["rho"] == rho) & (rows["column"] == col)]
+            b = at[(at["rho"] == rho) & (at["column"] == col)]
+            if a.empty or b.empty:
+                continue
+            a, b = a.iloc[0], b.iloc[0]
+            est = [tables.Estimate(r["mean"], r["low"], r["high"], seeds=int(r["seeds"])).text() for r in (a, b)]
+            name = "clean" if col == "Natural" else threat_label("linf_2")
+            parts.append(f"rho {rho:g} {name}: {est[0]} after {short} epochs, {est[1]} after {long}")
+    if not parts:
+        return []
+    seeds = int(at["seeds"].max())
+    return ["", f"**Training longer.** SAM minus ST (points, paper protocol), as training grows from the `{LONG[0]}` "
+                f"scale to the `{LONG[1]}` scale ({seeds} of {len(PROFILES[LONG[1]].seeds)} seeds trained so far at "
+                f"{long} epochs; chapter 4 draws every budget): " + "; ".join(parts) + "."]
 
 
 def current_block(text: str) -> str:

@@ -103,6 +103,11 @@ def run_row(result) -> dict:
            "precision": m.get("precision"), "attack_precision": m.get("attack_precision"),
            "fingerprint": m.get("fingerprint"), "cpu": m.get("cpu"), "run": result.path.name}
     recs = evaluations(result)        # read once: the unions below take them
+    if not any(r["protocol"] == "paper" for r in recs):
+        from .protocols import ResultError
+        raise ResultError(f"{result.path}: no evaluation under the paper protocol (eval/paper-*.json), on which every "
+                          f"table rests; evaluate it (python -m lib evaluate --run {result.path} --protocol paper, "
+                          f"which needs its weights) or restore the file from git")
     # a protocol run on several subsets: its largest record gives the row's numbers
     for rec in sorted(recs, key=lambda r: r["n"]):
         p = rec["protocol"]

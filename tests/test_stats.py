@@ -225,3 +225,16 @@ def test_tables_say_how_many_seeds_stand_behind_a_row():
     assert t.loc["ST", "seeds"] == 1 and t.loc["AT L-inf 1/255", "seeds"] == 3
     wide = tables.versus_table(tables.versus(df, "ST", {"paper_linf_1": "L-inf 1/255"}))
     assert wide.loc["AT L-inf 1/255", "L-inf 1/255"].endswith("(2 of 3 seeds)")
+
+
+def test_a_run_without_the_paper_evaluation_is_an_error_naming_it(tmp_path):
+    """Every table rests on the paper protocol: a committed run without it must stop the reader, not enter
+    the means as a row of NaN."""
+    from lib import runs
+    from lib.errors import SambookError
+    run_dir = _committed_copy(tmp_path)
+    for f in (run_dir / "eval").glob("paper-*.json"):
+        f.unlink()
+    with pytest.raises(SambookError, match="no evaluation under the paper protocol") as e:
+        tables.run_row(runs.load_run(run_dir))
+    assert str(run_dir) in str(e.value)
