@@ -202,6 +202,16 @@ else:
 # sixteen cannot refute a claim); otherwise it is **not resolved at this scale** (always so with a
 # single seed). Claim 2 is judged at each budget on its own.
 
+# %% [markdown]
+# The interval of one cell, as the library computes it: `d` holds, for each test image (rows) and seed
+# (columns), the difference of the two models' 0/1 outcomes; the two variance components add up.
+
+# %%
+import inspect
+
+from lib import stats
+print(inspect.getsource(stats.estimate))
+
 # %%
 rules = tables.claim_rules(df10)
 report.save_table(rules, f"04_claim_rules_{PROFILE}", caption="One rule per claim")
@@ -355,7 +365,6 @@ if "noise" in globals() and len(noise) >= 3:
           f"{row['images'] * (row['s.e. images'] / row['s.e. seeds']) ** 2:,.0f} test images")
 
 # %%
-from lib import stats
 c1b = next(c for c in tables.check_claims(df10) if c["id"] == "1b")
 if c1b["cells"]:
     print("claim 1b with margin -0.5:", c1b["verdict"], "| with margin 0:", stats.judge(c1b["cells"], +1, 0.0).verdict)
