@@ -231,7 +231,7 @@ def test_paper_training_attacks():
 def test_run_is_cached_and_a_failed_rerun_keeps_the_finished_result(tmp_path, monkeypatch):
     cfg = _tiny(epochs=1)
     r1 = runs.run(cfg, runs_root=tmp_path, device="cpu", progress=False)
-    assert r1.path.name.startswith("cifar10-st-s0-smoke-") and (r1.path / "model.pt").exists()
+    assert r1.path.name.startswith("cifar10-st-e1-s0-smoke-") and (r1.path / "model.pt").exists()   # e1: not the profile's length
     assert not (r1.path / "checkpoint.pt").exists()
     m = json.loads((r1.path / "metrics.json").read_text())
     for k in ("train_seconds", "images_per_second", "device", "cpu", "cpu_flags", "threads", "torch", "commit",
