@@ -365,7 +365,11 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
     data = runs.load_data(run.config, data_root, device=dev)
     x, y = (data.x_test, data.y_test) if n is None else (data.x_test[:n], data.y_test[:n])
     known = {}      # attacks other protocols already ran on these images; --force recomputes everything
-    for rec in ([] if force else evaluations(run)):
+    # (only records that pass the checks: a damaged one is recomputed here, and readers name it)
+    folder = Path(run.path) / EVAL_DIR
+    valid = [r for r in (_load_valid(f, None, weights) for f in sorted(folder.glob("*.json")))
+             if r is not None] if folder.is_dir() and not force else []
+    for rec in valid:
         if rec["n"] == len(y) and rec.get("labels_digest") == labels_digest(y):
             for key, a in rec["attacks"].items():
                 known[key] = {"ok": unpack(a["robust"], len(y)), "robust": a["robust"], "acc": a["acc"]}
