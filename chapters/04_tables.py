@@ -331,7 +331,8 @@ if PROFILE in SCALES:
         plt.show()
         cells = pd.DataFrame(by_length).assign(cell=lambda d: [
             tables.Estimate(m, lo, hi, seeds=n).text() for m, lo, hi, n in zip(d["mean"], d["low"], d["high"], d["seeds"])])
-        table = cells.pivot_table(index=["rho", "epochs"], columns="column", values="cell", aggfunc="first", sort=False)
+        table = cells.pivot_table(index=["rho", "epochs"], columns="column", values="cell", aggfunc="first",
+                                  sort=False).fillna("")
         report.save_table(table, f"04_length_axis_{PROFILE}")
         display(table)
 

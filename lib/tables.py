@@ -573,6 +573,9 @@ def claims_by_scale(frames: dict, measure: str = "paper") -> "pd.DataFrame":
             cols.setdefault(c["claim"], {})[f"{scale}: verdict"] = c["verdict"]
             cols[c["claim"]][f"{scale}: deciding"] = c["deciding"]
     out = pd.DataFrame.from_dict(cols, orient="index")
+    # a claim one scale cannot judge in the same cells yet (claim 2 per budget needs two radii) reads so
+    for c in out.columns:
+        out[c] = out[c].fillna(OPEN if c.endswith("verdict") else "no runs for these cells yet")
     out.index.name = "claim"
     return out
 

@@ -238,3 +238,18 @@ def test_a_run_without_the_paper_evaluation_is_an_error_naming_it(tmp_path):
     with pytest.raises(SambookError, match="no evaluation under the paper protocol") as e:
         tables.run_row(runs.load_run(run_dir))
     assert str(run_dir) in str(e.value)
+
+
+def test_claims_by_scale_never_shows_nan_where_a_scale_has_fewer_cells():
+    rows = []
+    for s in (0, 1, 2):
+        rows.append({"label": "ST", "seed": s, "natural": 70 + s, **{f"paper_{t}": 40 + s for t in THREAT_NAMES}})
+        for r in (0.1, 0.4):
+            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "natural": 69 + s,
+                         **{f"paper_{t}": 41 + s + r for t in THREAT_NAMES}})
+    full = pd.DataFrame(rows)
+    one_radius = full[full["label"] != "SAM rho=0.4"]           # claim 2 needs two radii: no per-budget rows
+    table = tables.claims_by_scale({"short": full, "long": one_radius})
+    assert not table.isna().any().any()
+    assert (table.filter(like="long: verdict").iloc[:, 0].loc[lambda v: v.index.str.contains(" at ")]
+            == "not resolved at this scale").all()

@@ -194,5 +194,5 @@ def test_bad_eps_and_rho_refused():
             call()
     with pytest.raises(ConfigError, match=r"method must be 'st', 'at' or 'sam'"):
         T.train_linear(m, "awp")
-    with pytest.raises(ConfigError, match=r"profile must be one of \['cpu', 'fast', 'paper', 'smoke'\]"):
+    with pytest.raises(ConfigError, match=r"profile must be one of \['cpu', 'cpu-long', 'fast', 'paper', 'smoke'\]"):
         T.train_profile("huge")
