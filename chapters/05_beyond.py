@@ -317,7 +317,7 @@ y = torch.randint(0, 10, (16,), generator=gen)
 lam = 3.5
 a = methods.arow_loss(logits, logits_adv, y, lam=lam, smoothing=0.0, weighted=False)
 t = methods.trades_loss(logits, logits_adv, y, beta=2 * lam)
-print(f"ARoW (unweighted, no smoothing, lambda {lam}) = {a.item():.6f}; TRADES (beta {2 * lam}) = {t.item():.6f}")
+print(f"ARoW (unweighted, no smoothing, lambda {lam}) = {a.item():.4f}; TRADES (beta {2 * lam}) = {t.item():.4f}")
 assert torch.allclose(a, t)
 
 # %% [markdown]
