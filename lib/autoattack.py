@@ -2,8 +2,8 @@
 
 AutoAttack runs an ensemble of parameter-free attacks (``standard``: APGD-CE, APGD-T, FAB-T,
 Square) and is the field's reference for robust accuracy. A PGD accuracy well above AutoAttack's
-means our attack is too weak for that model (gradient masking, too few steps): robustness check 15
-of ``robustness-checks.md``.
+means our attack is too weak for that model (gradient masking, too few steps): the field's last check
+that a robust accuracy is not an artefact of a weak attack.
 
 It is an optional extra::
 

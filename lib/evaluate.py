@@ -84,7 +84,8 @@ def evaluate(model, x, y, budgets=CONVERGED_BUDGETS, steps: int = 10, batch_size
 
 def accuracy_vs_steps(model, x, y, budgets, steps_list=(1, 2, 5, 10, 20, 40), seed: int = 0,
                       batch_size: int = 500) -> list[dict]:
-    """PGD accuracy (%) against the number of iterations, per budget: the convergence check (check 4).
+    """PGD accuracy (%) against the number of iterations, per budget: the convergence check (accuracy
+    must stop falling as the steps grow).
 
     A converged attack gives (almost) the same accuracy at k and 2k steps. Each value equals
     ``evaluate(model, x, y, budgets=(b,), steps=k, seed=seed)[b.name]``: PGD-k is the first k steps of

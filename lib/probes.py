@@ -6,9 +6,9 @@ chapters never need a run's weights: :func:`probe` computes a probe once, writes
 and reads it back afterwards, so committed results carry their probes.
 
 - ``sam_step``: the loss at w and at w + e(w) for SAM's step at several radii (chapter 2).
-- ``pgd_losses``: the cross-entropy along PGD-10 iterations at the four budgets (check 9; chapter 2).
+- ``pgd_losses``: the cross-entropy along PGD-10 iterations at the four budgets (it must rise; chapter 2).
 - ``convergence``: PGD accuracy against iterations at L2 16 and 32/255 with the paper's step
-  eps/8 and with eps/4 (check 4; chapter 2).
+  eps/8 and with eps/4 (has the attack converged? chapter 2).
 - ``duality``: the relative feature change ||dW h|| / ||W h|| that SAM's weight step makes at a
   layer, beside ||W dh|| / ||W h|| that a PGD attack makes (claim 3; chapter 2).
 - ``curves``: robust accuracy against eps under both norms, with the per-example running minimum
@@ -288,7 +288,7 @@ PROBES = {
     "duality": (feature_perturbations, 200, {}, 1),
     "curves": (robustness_curve, 200, {}, 1),
     # from tiny budgets to unbounded ones (L-inf 0.5 = 127.5/255, L2 30 = 7650/255), where accuracy
-    # must reach zero (check 6)
+    # must reach zero (an unbounded attack that leaves images robust is broken)
     "curves_wide": (robustness_curve, 200, {"linf": LINF_WIDE, "l2": L2_WIDE, "steps": 20}, 1),
     "flatness": (flatness_pair, 1000, {}, 1),
 }

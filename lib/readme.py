@@ -44,10 +44,34 @@ def figure_path() -> Path:
 # Which scale, which runs
 
 
+def _tracked_metrics(root: Path) -> set | None:
+    """The ``metrics.json`` files under ``root`` that git tracks (resolved paths), or None where ``root`` is
+    not in a git checkout (a copied working tree): then every finished run folder counts."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--full-name", "--", "."], cwd=root, capture_output=True,
+                             check=True)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    from .runs import METRICS
+    return {(Path(top) / f).resolve() for f in out.stdout.decode().split("\0") if f.endswith("/" + METRICS)}
+
+
 def _committed(configs, root=None) -> list:
+    """The finished run of each config among the committed ones (None where there is none). A run folder that
+    git does not track yet (a run still training or evaluating beside this, or one not committed) is left
+    out, so the block is the same on every clone of one commit."""
     from . import runs
     root = paths.committed_runs_root() if root is None else Path(root)
-    return runs.finished_runs(configs, runs_root=root) if root.is_dir() else [None] * len(configs)
+    if not root.is_dir():
+        return [None] * len(configs)
+    tracked = _tracked_metrics(root)
+    found = runs.finished_runs(configs, runs_root=root)
+    if tracked is None:
+        return found
+    return [r if r is not None and (Path(r.path) / runs.METRICS).resolve() in tracked else None for r in found]
 
 
 def has_st_and_sam(profile: str, root=None) -> bool:

@@ -222,7 +222,10 @@ def learning_curves(results, title: str):
     hist = pd.concat([r.history_frame().assign(label=r.config.label, seed=r.config.seed) for r in results])
     long = hist.melt(id_vars=["label", "epoch", "seed"], value_vars=["test_acc", "test_linf_1"],
                      var_name="metric", value_name="accuracy")
-    long["metric"] = long["metric"].map({"test_acc": "clean", "test_linf_1": "PGD-10 L-inf 1/255"})
+    from .config import profile as get_profile
+    steps = {get_profile(r.config.profile).curve_steps for r in results}    # the profile's curve attack
+    pgd = f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"
+    long["metric"] = long["metric"].map({"test_acc": "clean", "test_linf_1": f"{pgd} L-inf 1/255"})
     g = sns.relplot(long, x="epoch", y="accuracy", hue="label", col="metric", kind="line", height=3.5,
                     aspect=1.2, palette="tab20", errorbar="sd")
     g.set_axis_labels("epoch", "test accuracy (%)")

@@ -59,7 +59,7 @@ AWP_PUBLISHED = [
     ("AT-AWP, WRN-34-10", None, None, 53.97, "AWP paper: AutoAttack"),
     ("TRADES-AWP, WRN-34-10", None, None, 56.17, "AWP paper: AutoAttack"),
 ]
-# RobustBench anchors (CIFAR-10, clean / AutoAttack), for placing results (docs/paper.md).
+# RobustBench anchors (CIFAR-10, clean / AutoAttack), for placing results (RobustBench's leaderboard).
 ROBUSTBENCH = [("PreActResNet-18, fast AT, L-inf 8/255", 83.34, 43.21),
                ("PreActResNet-18, L-inf 8/255", 79.84, 43.93),
                ("PreActResNet-18, PGD-AT, L2 0.5", 88.67, 67.68),

@@ -1,6 +1,6 @@
 """The paper's toy model (Wei, Zhu, Zhang 2023, section 4): where ST, AT and SAM put their weight.
 
-Setting (paper.md, "Theory model"):
+Setting (the paper's theory model):
 
 - y is uniform in {-1, +1};
 - the robust feature x_1 equals +y with probability p (1/2 < p < 1) and -y otherwise;

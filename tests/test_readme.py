@@ -99,3 +99,26 @@ def test_the_site_opens_with_the_readme_summary():
     text = readme.summary_markdown("_static/headline.png")
     assert text.startswith("This is a course") and "_static/headline.png" in text
     assert readme.BEGIN in text and readme.FIGURE_REL not in text
+
+
+def test_only_run_folders_git_tracks_count(tmp_path):
+    """A run folder beside the committed ones that git does not track (a run still training or evaluating,
+    or one not committed yet) is not read: the block stays what every clone of the commit gives."""
+    import shutil
+    import subprocess
+    from lib import runs
+    from lib.config import grid
+    configs = [c for c in grid("core", "cpu") if c.label == "ST"][:2]
+    found = runs.finished_runs(configs, runs_root=paths.committed_runs_root())
+    assert all(r is not None for r in found)
+    root = tmp_path / "runs"
+    for r in found:
+        shutil.copytree(r.path, root / r.path.name, ignore=shutil.ignore_patterns("*.pt", ".lock"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", f"runs/{found[0].path.name}"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "one run"], check=True)
+    got = readme._committed(configs, root)
+    assert got[0] is not None and got[0].path.name == found[0].path.name and got[1] is None
+    subprocess.run(git + ["add", "runs"], check=True)      # tracked once added (git ls-files lists the index)
+    assert all(r is not None for r in readme._committed(configs, root))
