@@ -549,7 +549,46 @@ def check_claims(df, measure: str = "paper") -> list[dict]:
             missing(cid, "needs ST, SAM and AT runs")
     if "ST" in labels and sams and "train_seconds" in df:
         out.append(_time_claim(df, sams, ats))
-    return out
+    return [_with_coverage(c, df, sams, ats, threats) for c in out]
+
+
+def _grid_models(df) -> tuple[list, list] | None:
+    """The SAM and AT labels the frame's profile trains in its core grid (None when the profile is unknown)."""
+    from .config import PROFILES, grid
+    if "profile" not in df or df.empty or str(df["profile"].iloc[0]) not in PROFILES:
+        return None
+    labels = list(dict.fromkeys(c.label for c in grid("core", str(df["profile"].iloc[0]))))
+    return [l for l in labels if l.startswith("SAM rho=")], [l for l in labels if l.startswith("AT ")]
+
+
+def _with_coverage(c: dict, df, sams, ats, threats) -> dict:
+    """``c`` with ``coverage`` (e.g. "4 of 16 cells") where it was judged on fewer of its cells than the
+    profile's core grid defines (the radii or AT models not trained yet), said in its deciding text too: a
+    claim about every radius that holds at the one radius trained so far says so."""
+    grid_models = _grid_models(df)
+    if grid_models is None or not c["cells"]:
+        return c
+    g_sams, g_ats = grid_models
+    s, a, t = len(set(sams) & set(g_sams)), len(set(ats) & set(g_ats)), len(threats)
+    have_want = {"1a": (s * t, len(g_sams) * t), "1b": (s, len(g_sams)), "3a": (a, len(g_ats)),
+                 "3b": (a, len(g_ats)), "3c": (s * a, len(g_sams) * len(g_ats))}
+    cid = c["id"].split()[0]
+    if cid == "2":
+        have, want, what = len(sams), len(g_sams), "radii"
+    elif cid in have_want:
+        (have, want), what = have_want[cid], "cells"
+    else:
+        return c
+    if have >= want:
+        return c
+    trained = []
+    if cid in ("1a", "1b", "2", "3c"):
+        trained.append("SAM rho " + ", ".join(l.split("=")[1] for l in sams))
+    if cid in ("3a", "3b", "3c"):
+        trained.append(", ".join(ats))
+    c = dict(c, coverage=f"{have} of {want} {what}")
+    c["deciding"] = f"{c['deciding']}; on {have} of the grid's {want} {what} ({' and '.join(trained)} trained so far)"
+    return c
 
 
 def sam_vs_st_by_length(df, column_prefix: str = "paper") -> list[dict]:

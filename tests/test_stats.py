@@ -253,3 +253,27 @@ def test_claims_by_scale_never_shows_nan_where_a_scale_has_fewer_cells():
     assert not table.isna().any().any()
     assert (table.filter(like="long: verdict").iloc[:, 0].loc[lambda v: v.index.str.contains(" at ")]
             == "not resolved at this scale").all()
+
+
+def test_a_claim_judged_on_part_of_the_grid_says_so():
+    """cpu-long with one SAM radius trained: claim 1a judged on its 4 cells must say "4 of 16"; the cpu-style
+    frame with every radius says nothing of the kind."""
+    def frame(radii, profile):
+        rows = []
+        for s in (0, 1, 2):
+            rows.append({"label": "ST", "seed": s, "rho": None, "profile": profile, "natural": 80 + 0.1 * s,
+                         **{f"paper_{t}": 40 + 0.1 * s for t in THREAT_NAMES}})
+            for r in radii:
+                rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "profile": profile,
+                             "natural": 80 + (0.2, -0.1, 0.3)[s], **{f"paper_{t}": 45 + (0.2, -0.1, 0.3)[s] + r
+                                                                      for t in THREAT_NAMES}})
+        return pd.DataFrame(rows)
+    part = {c["id"]: c for c in tables.check_claims(frame((0.4,), "cpu-long"))}
+    assert part["1a"]["verdict"] == "holds"
+    assert part["1a"]["coverage"] == "4 of 16 cells" and "on 4 of the grid's 16 cells (SAM rho 0.4" in part["1a"]["deciding"]
+    assert part["1b"]["coverage"] == "1 of 4 cells"
+    full = {c["id"]: c for c in tables.check_claims(frame((0.05, 0.1, 0.2, 0.4), "cpu-long"))}
+    assert "coverage" not in full["1a"] and "grid's" not in full["1a"]["deciding"]
+    assert "coverage" not in full["2 linf_2"]
+    two = {c["id"]: c for c in tables.check_claims(frame((0.1, 0.4), "cpu-long"))}
+    assert two["2 linf_2"]["coverage"] == "2 of 4 radii"
