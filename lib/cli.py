@@ -349,9 +349,9 @@ def _evaluate(args) -> int:
         if not results:
             raise SambookError(f"no finished run of the {args.grid} grid for the {args.profile} profile under "
                                f"{runs.paths.runs_root(args.runs_root)}; train them with python -m lib sweep")
-    names = [p[0] for p in get_profile(results[0].config.profile).protocols] if args.protocol == "all" \
-        else [args.protocol]
     for r in results:
+        names = [p[0] for p in get_profile(r.config.profile).protocols_for(r.config)] if args.protocol == "all" \
+            else [args.protocol]
         for name in names:
             rec = protocols.evaluate_run(r, name, n=args.n, data_root=args.data_root, device=args.device,
                                          force=args.force)

@@ -121,7 +121,7 @@ def finish_run(result, data_root=None, device=None) -> None:
     """What follows training: the profile's evaluation protocols and the run's probes (all cached)."""
     from . import probes, protocols
     from .autoattack import available
-    for name, n, seeds in get_profile(result.config.profile).protocols:
+    for name, n, seeds in get_profile(result.config.profile).protocols_for(result.config):
         if seeds is not None and result.config.seed not in seeds:
             continue
         if name in ("autoattack", "apgd-ce") and not available():

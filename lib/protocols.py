@@ -343,7 +343,7 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
     from .config import profile as get_profile
     proto = protocol(name)
     if n == "default":
-        n = {p[0]: p[1] for p in get_profile(run.config.profile).protocols}.get(name, proto.n)
+        n = {p[0]: p[1] for p in get_profile(run.config.profile).protocols_for(run.config)}.get(name, proto.n)
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ConfigError(f"n must be a positive number of test images or all, got {n!r}")
     weights = run.metrics.get("weights_sha")

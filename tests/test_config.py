@@ -34,3 +34,17 @@ def test_the_length_grid_holds_st_and_two_radii_at_each_length_and_seed():
     assert {c.seed for c in g} == {0, 1, 2}
     with pytest.raises(ConfigError, match="valid grids: .*length"):
         config.grid("lengths", "cpu-long")
+
+
+def test_a_run_of_the_length_axis_is_evaluated_under_the_paper_protocol_only():
+    """The length axis reads the paper protocol (chapter 4): its runs skip the subset protocols and the probes
+    beyond flatness, which cost more than their training at 4 and 6 epochs; the profile's own runs keep all."""
+    from lib import probes
+    long = config.PROFILES["cpu-long"]
+    full = config.make_config("st", "cpu-long", seed=0)
+    short = config.make_config("st", "cpu-long", seed=0, epochs=4)
+    assert long.protocols_for(full) == long.protocols
+    assert [p[0] for p in long.protocols_for(short)] == ["paper"]
+    assert probes.default_probes(short) == ["flatness"] and "duality" in probes.default_probes(full)
+    cpu = config.PROFILES["cpu"]          # no length protocols of its own: every run gets the profile's list
+    assert cpu.protocols_for(config.make_config("st", "cpu", epochs=4)) == cpu.protocols
