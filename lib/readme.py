@@ -281,7 +281,29 @@ def length_sentence(scale: str, root=None) -> list[str]:
     seeds = int(at["seeds"].max())
     return ["", f"**Training longer.** SAM minus ST (points, paper protocol), as training grows from the `{LONG[0]}` "
                 f"scale to the `{LONG[1]}` scale ({seeds} of {len(PROFILES[LONG[1]].seeds)} seeds trained so far at "
-                f"{long} epochs; chapter 4 draws every budget): " + "; ".join(parts) + "."]
+                f"{long} epochs; chapter 4 draws every budget): " + "; ".join(parts) + ". "
+                + verdict_moves(*frames)]
+
+
+def verdict_moves(short, long) -> str:
+    """One sentence: which claims' verdicts differ between the two CPU scales (``short``, ``long``: their
+    results frames), on the claims the longer scale has runs for (and how many of their cells)."""
+    from . import tables
+    a = {c["id"]: c for c in tables.check_claims(short, MEASURE)}
+    b = {c["id"]: c for c in tables.check_claims(long, MEASURE) if c["cells"]}    # judged on some runs
+
+    def word(c):
+        return c["verdict"].replace(" at this scale", "")
+    moved = [f"{cid} {word(a[cid])} → {word(b[cid])}" + (f" ({b[cid]['coverage']})" if b[cid].get("coverage") else "")
+             for cid in a if cid in b and a[cid]["verdict"] != b[cid]["verdict"]]
+    same = [cid for cid in a if cid in b and a[cid]["verdict"] == b[cid]["verdict"]]
+    text = f"Verdicts from `{LONG[0]}` to `{LONG[1]}`: " + ("; ".join(moved) if moved else "none changed")
+    if same:
+        text += f"; unchanged: {', '.join(same)}"
+    waiting = sorted({cid.split()[0] for cid in set(a) - set(b)})
+    if waiting:
+        text += f"; not judged at `{LONG[1]}` until its runs are trained: {', '.join(waiting)}"
+    return text + "."
 
 
 def current_block(text: str) -> str:

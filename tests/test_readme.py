@@ -122,3 +122,23 @@ def test_only_run_folders_git_tracks_count(tmp_path):
     assert got[0] is not None and got[0].path.name == found[0].path.name and got[1] is None
     subprocess.run(git + ["add", "runs"], check=True)      # tracked once added (git ls-files lists the index)
     assert all(r is not None for r in readme._committed(configs, root))
+
+
+def test_the_verdict_sentence_names_what_moved_and_what_is_not_judged_yet():
+    import pandas as pd
+    from lib.attacks import THREAT_NAMES
+
+    def frame(profile, sam_gain, radii):
+        rows = []
+        for s, w in zip((0, 1, 2), (0.2, -0.1, 0.3)):
+            rows.append({"label": "ST", "seed": s, "rho": None, "profile": profile, "natural": 80,
+                         **{f"paper_{t}": 40 for t in THREAT_NAMES}})
+            for r in radii:
+                rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "profile": profile,
+                             "natural": 80 + sam_gain + w, **{f"paper_{t}": 40 + sam_gain + w for t in THREAT_NAMES}})
+        return pd.DataFrame(rows)
+    text = readme.verdict_moves(frame("cpu", -10, (0.1, 0.4)), frame("cpu-long", +5, (0.4,)))
+    assert "1a does not hold → holds (4 of 16 cells)" in text and "1b does not hold → holds (1 of 4 cells)" in text
+    assert "until its runs are trained: 2, 3a, 3b, 3c" in text
+    same = readme.verdict_moves(frame("cpu", -10, (0.1, 0.4)), frame("cpu-long", -10, (0.1, 0.4)))
+    assert "none changed; unchanged: 1a, 1b" in same
