@@ -226,6 +226,37 @@ def comparison_table(df, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
     return table[keep]
 
 
+def table2_by_scale(frames: dict, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
+    """Table 2 at several scales side by side (``frames``: scale name -> results frame): per method and column,
+    our mean over seeds under the paper's protocol at each scale, then the published value; a column
+    ``seeds`` per scale says how many seeds each mean rests on (blank: not trained at that scale)."""
+    import pandas as pd
+    sam_labels = [f"SAM rho={r:g}" for r in sam_match]
+    paper = PAPER[dataset]
+    keys = ["natural"] + [f"paper_{t}" for t in ROBUST]
+    stats_ = {s: aggregate(df, keys) for s, df in frames.items() if df is not None and not df.empty}
+    labels = list(dict.fromkeys(l for mean, _, _ in stats_.values() for l in mean.index))
+    out = {}
+    for label in labels:
+        prow = paper_row_for(label, sam_labels)
+        cells = {}
+        for j, col in enumerate(COLUMNS):
+            key = "natural" if col == "natural" else f"paper_{col}"
+            for s, (mean, _, _) in stats_.items():
+                cells[(COLUMN_LABELS[col], s)] = float(mean.loc[label, key]) if label in mean.index and key in mean \
+                    else math.nan
+            cells[(COLUMN_LABELS[col], "paper")] = paper[prow][j] if prow in paper else math.nan
+        for s, (_, _, n) in stats_.items():
+            cells[("seeds", s)] = int(n.loc[label]) if label in n.index else None
+        out[f"{label} (paper {prow})" if prow is not None and label.startswith("SAM") else label] = cells
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    table.index.name = "method"
+    for c in [c for c in table.columns if c[0] == "seeds"]:
+        table[c] = table[c].astype("Int64")          # a blank, not NaN or 2.0, where a scale lacks the method
+    return table
+
+
 def flat_comparison(table):
     """The comparison table with one level of column names ('Natural ours', ...) for CSV/Markdown/LaTeX."""
     flat = table.copy()

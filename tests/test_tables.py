@@ -140,6 +140,20 @@ def test_comparison_table_diff_worst_and_weak_flag():
     assert t.loc["ST", (col, "worst")] == pytest.approx(t.loc["ST", (col, "ours")] - 3.0)
 
 
+def test_table2_by_scale_puts_each_scale_beside_the_paper_and_counts_its_seeds():
+    short, long = _frame([0, 1, 2]), _frame([0, 1], sam_rhos=(0.4,))
+    long = long[long["label"].isin(["ST", "SAM rho=0.4"])]
+    t = tables.table2_by_scale({"cpu": short, "cpu-long": long})
+    nat = tables.COLUMN_LABELS["natural"]
+    assert t.loc["ST", (nat, "cpu")] == pytest.approx(short[short["label"] == "ST"]["natural"].mean())
+    assert t.loc["ST", (nat, "cpu-long")] == pytest.approx(long[long["label"] == "ST"]["natural"].mean())
+    assert t.loc["ST", (nat, "paper")] == tables.PAPER["cifar10"]["ST"][0]
+    assert t.loc["ST", ("seeds", "cpu")] == 3 and t.loc["ST", ("seeds", "cpu-long")] == 2
+    assert pd.isna(t.loc["AT L-inf 1/255", ("seeds", "cpu-long")])           # not trained there: blank
+    assert math.isnan(t.loc["AT L-inf 1/255", (nat, "cpu-long")])
+    assert math.isnan(t.loc["SAM rho=0.4", (nat, "paper")])                    # no published row
+
+
 def test_attack_precision_table():
     df = _frame([0, 1, 2])
     assert list(tables.attack_precision_table(df).columns) == tables.PRECISION_COLUMNS   # no fp32 runs: empty
