@@ -142,3 +142,21 @@ def test_the_verdict_sentence_names_what_moved_and_what_is_not_judged_yet():
     assert "until its runs are trained: 2, 3a, 3b, 3c" in text
     same = readme.verdict_moves(frame("cpu", -10, (0.1, 0.4)), frame("cpu-long", -10, (0.1, 0.4)))
     assert "none changed; unchanged: 1a, 1b" in same
+
+
+def test_the_runs_table_lists_every_committed_run_of_the_long_scale_with_its_cost():
+    """REPRODUCING.md's generated block: one row per committed cpu-long run, its clean accuracy the paper
+    record's, its seconds from the run's own records; and check() notices a stale block."""
+    from lib import runs
+    from lib.config import grid
+    text = readme.runs_table()
+    assert text.startswith(readme.RUNS_BEGIN) and text.endswith(readme.RUNS_END)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| run |")]
+    configs = grid("core", readme.RUNS_PROFILE) + grid("length", readme.RUNS_PROFILE)
+    found = [r for r in readme._committed(configs) if r is not None]
+    assert len(rows) == len(found) > 0
+    header = text.splitlines()[2]
+    assert header.count("|") == text.splitlines()[3].count("|") == rows[0].count("|")
+    r = found[0]
+    assert any(f"{r.metrics['train_seconds']:,.0f}" in line and f" {r.config.seed} " in line for line in rows)
+    assert readme._runs_block(readme.reproducing_path().read_text()) == text, "run `make readme`"
