@@ -287,9 +287,13 @@ def length_sentence(scale: str, root=None) -> list[str]:
         return []
     seeds = int(at["seeds"].max())
     return ["", f"**Training longer.** SAM minus ST (points, paper protocol), as training grows from the `{LONG[0]}` "
-                f"scale to the `{LONG[1]}` scale ({seeds} of {len(PROFILES[LONG[1]].seeds)} seeds trained so far at "
-                f"{long} epochs; chapter 4 draws every budget): " + "; ".join(parts) + ". "
+                f"scale to the `{LONG[1]}` scale ({_seed_count(seeds, len(PROFILES[LONG[1]].seeds))} at {long} epochs; "
+                f"chapter 4 draws every budget): " + "; ".join(parts) + ". "
                 + verdict_moves(*frames)]
+
+
+def _seed_count(have: int, want: int) -> str:
+    return f"{have} seeds" if have >= want else f"{have} of {want} seeds trained so far"
 
 
 def verdict_moves(short, long) -> str:

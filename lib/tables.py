@@ -495,9 +495,11 @@ def claim_rules(df=None) -> "pd.DataFrame":
     """The rule of each claim, as chapter 4 and the site print it beside the verdicts: the cells it is judged
     on (how many, when a frame is given), direction and margin, what each verdict means, and multiplicity."""
     import pandas as pd
-    counts = {}
+    counts, coverage = {}, {}
     if df is not None:
-        counts = {c["id"]: len(c["cells"]) for c in check_claims(df)}
+        for c in check_claims(df):
+            counts[c["id"]] = len(c["cells"])
+            coverage[c["id"]] = c.get("coverage")
     rows = []
     for cid, spec in CLAIMS.items():
         k = counts.get(cid) or counts.get(f"{cid} {ROBUST[0]}")
@@ -509,7 +511,7 @@ def claim_rules(df=None) -> "pd.DataFrame":
             continue
         side, m = ("above" if spec["direction"] > 0 else "below"), spec["margin"]
         other = "below" if spec["direction"] > 0 else "above"
-        n = f" ({k} cells)" if k and cid != "2" else ""
+        n = f" ({coverage.get(cid) or (f'{k} cell' + ('s' if k > 1 else ''))} judged)" if k and cid != "2" else ""
         rows.append({"claim": f"{cid}. {spec['text']}", "cells": spec["cells"] + n,
                      "holds": (f"the slope's 95% interval {side} {fmt_margin(m)}" if cid == "2" else
                                f"every cell's 95% interval {side} {fmt_margin(m)} points"),
