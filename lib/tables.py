@@ -635,19 +635,29 @@ def sam_vs_st_by_length(df, column_prefix: str = "paper") -> list[dict]:
 
 def claims_by_scale(frames: dict, measure: str = "paper") -> "pd.DataFrame":
     """Each claim's verdict and deciding cell at each scale (``frames``: scale name -> results frame), side by
-    side; a claim a scale cannot judge yet reads as its :func:`check_claims` says (not resolved, and why)."""
+    side, one row per claim (claim 2 one per budget); a claim a scale cannot judge yet reads as its
+    :func:`check_claims` says (not resolved, and why), never NaN."""
     import pandas as pd
-    cols = {}
-    for scale, df in frames.items():
-        if df is None or df.empty:
-            continue
-        for c in check_claims(df, measure):
-            cols.setdefault(c["claim"], {})[f"{scale}: verdict"] = c["verdict"]
-            cols[c["claim"]][f"{scale}: deciding"] = c["deciding"]
-    out = pd.DataFrame.from_dict(cols, orient="index")
-    # a claim one scale cannot judge in the same cells yet (claim 2 per budget needs two radii) reads so
-    for c in out.columns:
-        out[c] = out[c].fillna(OPEN if c.endswith("verdict") else "no runs for these cells yet")
+    per_scale = {scale: {c["id"]: c for c in check_claims(df, measure)}
+                 for scale, df in frames.items() if df is not None and not df.empty}
+    ids = list(dict.fromkeys(cid for claims in per_scale.values() for cid in claims))
+    if any(cid.startswith("2 ") for cid in ids):     # claim 2 per budget somewhere: its one row elsewhere fans out
+        for claims in per_scale.values():
+            if "2" in claims:
+                for cid in (i for i in ids if i.startswith("2 ")):
+                    claims.setdefault(cid, claims["2"])
+        ids = [cid for cid in ids if cid != "2"]
+    rows = {}
+    for cid in ids:
+        got = [claims[cid] for claims in per_scale.values() if cid in claims]
+        title = max((c["claim"] for c in got if c["id"] == cid), key=len, default=got[0]["claim"])
+        row = {}
+        for scale, claims in per_scale.items():
+            c = claims.get(cid)
+            row[f"{scale}: verdict"] = c["verdict"] if c else OPEN
+            row[f"{scale}: deciding"] = c["deciding"] if c else "no runs for these cells yet"
+        rows[title] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "claim"
     return out
 

@@ -253,6 +253,10 @@ def test_claims_by_scale_never_shows_nan_where_a_scale_has_fewer_cells():
     assert not table.isna().any().any()
     assert (table.filter(like="long: verdict").iloc[:, 0].loc[lambda v: v.index.str.contains(" at ")]
             == "not resolved at this scale").all()
+    # one row per claim: claim 2's single "needs two radii" row at the long scale fans out over the budgets,
+    # never a second, generic row beside the per-budget ones
+    assert table.index.is_unique and sum(t.startswith("2.") for t in table.index) == len(THREAT_NAMES)
+    assert (table.loc[lambda d: d.index.str.startswith("2."), "long: deciding"] == "needs two or more SAM radii").all()
 
 
 def test_a_claim_judged_on_part_of_the_grid_says_so():
