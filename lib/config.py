@@ -68,8 +68,7 @@ class Profile:
     def protocols_for(self, config) -> tuple:
         """The protocols a finished run of this profile is evaluated under (``length_protocols`` for a run of
         the training-length axis)."""
-        at_length = getattr(config, "epochs", self.epochs) == self.epochs
-        return self.protocols if at_length or self.length_protocols is None else self.length_protocols
+        return self.length_protocols if config.on_length_axis and self.length_protocols is not None else self.protocols
 
 
 PROFILES = {
@@ -211,6 +210,11 @@ class RunConfig:
         return self.spec.label(self) + (" fp32-attack" if self.attack_fp32 else "")
 
     @property
+    def on_length_axis(self) -> bool:
+        """Trained for other than its profile's epochs: a run of the training-length axis."""
+        return self.profile in PROFILES and self.epochs != PROFILES[self.profile].epochs
+
+    @property
     def name(self) -> str:
         """Readable folder name: ``cifar10-sam-rho0.1-s0-smoke``."""
         spec = self.spec
@@ -222,7 +226,7 @@ class RunConfig:
         parts += [f"{k}{v:g}" for k, v in spec.shown_hparams(dict(self.extra))]
         if self.attack_fp32:
             parts.append("fp32attack")
-        if self.profile in PROFILES and self.epochs != PROFILES[self.profile].epochs:
+        if self.on_length_axis:
             parts.append(f"e{self.epochs}")     # a run of the training-length axis
         parts += [f"s{self.seed}", self.profile]
         return "-".join(parts)

@@ -302,8 +302,7 @@ def default_probes(config) -> list[str]:
     step, the PGD loss trajectory, the convergence check and the duality measurement (chapter 2).
     """
     names = ["flatness"]
-    from .config import PROFILES
-    if config.profile in PROFILES and config.epochs != PROFILES[config.profile].epochs:
+    if config.on_length_axis:
         return names            # a run of the training-length axis: chapter 4 reads its paper protocol only
     if config.seed == 0 and config.method in ("st", "sam", "at"):
         names.append("curves")

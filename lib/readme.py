@@ -56,14 +56,12 @@ def _tracked_metrics(root: Path) -> set | None:
     not in a git checkout (a copied working tree): then every finished run folder counts."""
     import subprocess
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--full-name", "--", "."], cwd=root, capture_output=True,
-                             check=True)
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        out = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=root, capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     from .runs import METRICS
-    return {(Path(top) / f).resolve() for f in out.stdout.decode().split("\0") if f.endswith("/" + METRICS)}
+    # paths relative to ``root`` (git's default in a subfolder)
+    return {(root / f).resolve() for f in out.stdout.decode().split("\0") if f.endswith("/" + METRICS)}
 
 
 def _committed(configs, root=None) -> list:
