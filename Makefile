@@ -17,8 +17,9 @@ BASE_PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 DATA_ARGS := $(if $(DOWNLOAD),--download,)
 # EXECUTOR=ray needs the optional extras (ray); they are installed on first use
 RAY_ENV := $(if $(filter ray,$(EXECUTOR)),env-extra,)
-# every smoke run the chapters read: the paper grid, chapter 5's (all = paper + beyond) and the fp32-attack runs
-SMOKE_GRIDS := all fp32attack
+# every smoke run the chapters read: the paper grid, chapter 5's (all = paper + beyond) and the fp32-attack runs,
+# in one sweep, so its two workers take the costliest runs first and finish together
+SMOKE_GRIDS := all,fp32attack
 NBVAL := -p no:cacheprovider --nbval --nbval-current-env --nbval-kernel-name python3 \
          --nbval-sanitize-with tests/nbval_sanitize.cfg tests/notebooks
 
@@ -88,8 +89,8 @@ readme: env
 # would then print the wait). A failed sweep fails make test; its runs are kept for the next make test.
 test: env check-smoke-data
 	@log=$$(mktemp "$${TMPDIR:-/tmp}/sambook-smoke-runs.XXXXXX"); t0=$$(date +%s); \
-	( for g in $(SMOKE_GRIDS); do nice -n 10 $(PY) -m lib sweep --profile smoke --grid $$g --executor local \
-	  --no-progress || exit $$?; done ) > "$$log" 2>&1 & sweep=$$!; \
+	nice -n 10 $(PY) -m lib sweep --profile smoke --grid $(SMOKE_GRIDS) --executor local --no-progress \
+	  > "$$log" 2>&1 & sweep=$$!; \
 	$(PY) -m pytest -q tests; rc=$$?; echo "test: pytest ended after $$(( $$(date +%s) - t0 )) s"; \
 	if [ $$rc -ne 0 ]; then echo "test: pytest failed; waiting for the smoke runs being trained beside it"; fi; \
 	wait $$sweep; src=$$?; sed 's/^/test: /' "$$log"; rm -f "$$log"; \

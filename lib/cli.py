@@ -71,6 +71,18 @@ def _choice(name: str, valid):
     return parse
 
 
+def _choices(name: str, valid):
+    """One of ``valid``, or several joined by commas (each checked)."""
+    one = _choice(name, valid)
+
+    def parse(text: str) -> str:
+        parts = [part.strip() for part in text.split(",")]
+        for part in parts:
+            one(part)
+        return ",".join(parts)
+    return parse
+
+
 def _add_data(p, profile_default="smoke", auto=False):
     profiles = (["auto"] if auto else []) + list(PROFILES)
     p.add_argument("--profile", default=profile_default, type=_choice("profile", profiles),
@@ -92,10 +104,11 @@ def _add_common(p, profile_default="smoke", auto=False):
 
 
 def _add_selection(p):
-    p.add_argument("--grid", default="paper", type=_choice("grid", ("paper", "core", "beyond", "fp32attack", "length", "all")),
+    p.add_argument("--grid", default="paper", type=_choices("grid", ("paper", "core", "beyond", "fp32attack", "length", "all")),
                    help="paper (Table 2's runs), core (ST, SAM x4, AT 1, 2/255 and 16, 32/255), beyond (chapter "
                         "5's methods), fp32attack (AT with fp32 training attacks), length (ST, SAM 0.1, 0.4 at "
-                        "4 and 6 epochs: the training-length axis) or all (default paper)")
+                        "4 and 6 epochs: the training-length axis) or all; several joined by commas, e.g. all,fp32attack "
+                        "(default paper)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     p.add_argument("--only", default=None, help=f"comma-separated methods to keep (of {', '.join(METHODS)})")
 

@@ -372,7 +372,13 @@ GRIDS = {"paper": paper_grid, "core": core_grid, "beyond": beyond_grid, "fp32att
 
 
 def grid(name: str, profile: str, dataset: str = "cifar10", seeds=None) -> list[RunConfig]:
-    """A named grid (paper | core | beyond | all) for a profile."""
+    """A named grid (paper | core | beyond | fp32attack | length | all) for a profile, or several joined by
+    commas (``"all,fp32attack"``: every run of each, each run once, in the order named)."""
+    if "," in name:
+        parts = [n.strip() for n in name.split(",")]
+        if not all(parts):
+            raise ConfigError(f"unknown grid {name!r}; valid grids: {', '.join(GRIDS)}, all")
+        return list(dict.fromkeys(c for n in parts for c in grid(n, profile, dataset, seeds)))
     if name == "all":
         return paper_grid(profile, dataset, seeds) + beyond_grid(profile, dataset, seeds)
     if name not in GRIDS:

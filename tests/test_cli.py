@@ -22,6 +22,7 @@ BAD = [
     (["grid", "--profile", "nope"], "unknown profile 'nope'; valid profiles: smoke, cpu, cpu-long, fast, paper"),
     (["sweep", "--profile", "nope"], "unknown profile 'nope'"),
     (["sweep", "--grid", "huge"], "unknown grid 'huge'; valid grids: paper, core, beyond, fp32attack, length, all"),
+    (["sweep", "--grid", "all,huge"], "unknown grid 'huge'; valid grids: paper, core, beyond, fp32attack, length, all"),
     (["sweep", "--executor", "slurm"], "unknown executor 'slurm'; valid executors: local, ray"),
     (["sweep", "--only", "st,foo"], "unknown method(s) foo; valid methods"),
     (["sweep", "--grid", "core", "--only", "awp"], "has no run of method(s) awp"),

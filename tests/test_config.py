@@ -36,6 +36,19 @@ def test_the_length_grid_holds_st_and_two_radii_at_each_length_and_seed():
         config.grid("lengths", "cpu-long")
 
 
+def test_grids_joined_by_commas_hold_every_run_of_each_once():
+    """make test's one smoke sweep: ``all,fp32attack`` is the union of the two grids, each run once, in the order
+    named; a grid that overlaps another (paper is part of all) adds nothing twice."""
+    both = config.grid("all,fp32attack", "smoke")
+    assert both == config.grid("all", "smoke") + config.grid("fp32attack", "smoke")
+    assert len(set(both)) == len(both)
+    assert config.grid("paper,all", "smoke") == config.grid("all", "smoke")
+    assert config.grid(" core , length ", "cpu-long")[-1] == config.grid("length", "cpu-long")[-1]
+    for bad in ("all,huge", ",", "paper,,"):
+        with pytest.raises(ConfigError, match="valid grids"):
+            config.grid(bad, "smoke")
+
+
 def test_a_run_of_the_length_axis_is_evaluated_under_the_paper_protocol_only():
     """The length axis reads the paper protocol (chapter 4): its runs skip the subset protocols and the probes
     beyond flatness, which cost more than their training at 4 and 6 epochs; the profile's own runs keep all."""

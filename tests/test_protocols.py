@@ -77,16 +77,16 @@ def test_common_worst_is_the_union_of_the_named_protocols_on_their_common_images
     paper = protocols.evaluate_run(run, "paper")
     protocols.evaluate_run(run, "converged", n=60)
     conv = protocols.evaluate_run(run, "converged", n=100)      # run on two subsets: the larger counts
-    strong = protocols.evaluate_run(run, "strong", n=40)
+    strong = protocols.evaluate_run(run, "strong", n=20)         # the smoke profile's own subset, read again below
     both = protocols.common_worst(run, ("paper", "converged"))
     trio = protocols.common_worst(run, ("paper", "converged", "strong"))
     for t in ("linf_1", "linf_2", "l2_16", "l2_32"):
         masks = {name: protocols.unpack(rec["threats"][t]["robust"], rec["n"])
                  for name, rec in (("paper", paper), ("converged", conv), ("strong", strong))}
-        assert both[t]["n"] == 100 and trio[t]["n"] == 40
+        assert both[t]["n"] == 100 and trio[t]["n"] == 20
         assert both[t]["acc"] == pytest.approx(100 * (masks["paper"][:100] & masks["converged"]).mean())
         assert trio[t]["acc"] == pytest.approx(
-            100 * (masks["paper"][:40] & masks["converged"][:40] & masks["strong"]).mean())
+            100 * (masks["paper"][:20] & masks["converged"][:20] & masks["strong"]).mean())
         alone = protocols.common_worst(run, ("paper",), [t], n=40)[t]
         assert alone["n"] == 40 and alone["acc"] == pytest.approx(100 * masks["paper"][:40].mean())
         assert trio[t]["acc"] <= alone["acc"] + 1e-9
@@ -136,18 +136,18 @@ def test_force_computes_every_attack_again(run):
 
 def test_subset_protocols_and_the_worst_case_union(run):
     paper = protocols.evaluate_run(run, "paper")
-    strong = protocols.evaluate_run(run, "strong", n=40)
-    assert strong["n"] == 40 and protocols.eval_path(run.path, "strong", 40).exists()
+    strong = protocols.evaluate_run(run, "strong", n=20)
+    assert strong["n"] == 20 and protocols.eval_path(run.path, "strong", 20).exists()
     worst = protocols.worst_case(run)
     for t in ("linf_1", "linf_2", "l2_16", "l2_32"):
         w = worst[t]
-        assert w["n_common"] == 40 and "strong" in w["protocols"] and "paper" in w["protocols"]
+        assert w["n_common"] == 20 and "strong" in w["protocols"] and "paper" in w["protocols"]
         p_mask = protocols.unpack(paper["threats"][t]["robust"], 200)
-        s_mask = protocols.unpack(strong["threats"][t]["robust"], 40)
+        s_mask = protocols.unpack(strong["threats"][t]["robust"], 20)
         union = p_mask.copy()
-        union[:40] &= s_mask
+        union[:20] &= s_mask
         assert w["acc"] == pytest.approx(100 * union.mean())       # per example, over the whole test set
-        assert w["worst_on_common"] == pytest.approx(100 * (p_mask[:40] & s_mask).mean())
+        assert w["worst_on_common"] == pytest.approx(100 * (p_mask[:20] & s_mask).mean())
         assert w["acc"] <= paper["threats"][t]["acc"] + 1e-9
         assert w["gap"] == pytest.approx(w["paper_on_common"] - w["worst_on_common"]) and w["gap"] >= 0
 
