@@ -185,8 +185,10 @@ def headline_figure(rows, profile: str):
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(cols)), ["clean" if c == "Natural" else c.replace("Linf", "L∞") for c in cols])
     ax.set_ylabel("SAM − ST (points)")
-    ax.set_title(f"SAM minus ST, paired by seed ({profile} profile, {seeds} seeds, 95% intervals)", fontsize=9)
-    ax.legend(fontsize=7, ncol=len(rhos), loc="lower left", frameon=False)
+    ax.set_title(f"SAM minus ST, paired by seed ({profile} profile, {seeds} seeds;\n"
+                 f"95% intervals over seeds and test images)", fontsize=9)
+    # beside the axes, where no point can sit under it
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="SAM", title_fontsize=7)
     ax.tick_params(labelsize=8)
     ax.grid(axis="y", lw=0.3, alpha=0.5)
     return fig
