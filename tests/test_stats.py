@@ -281,3 +281,56 @@ def test_a_claim_judged_on_part_of_the_grid_says_so():
     assert "coverage" not in full["2 linf_2"]
     two = {c["id"]: c for c in tables.check_claims(frame((0.1, 0.4), "cpu-long"))}
     assert two["2 linf_2"]["coverage"] == "2 of 4 radii"
+
+
+def test_an_interval_over_images_alone_is_the_t_interval_of_the_per_image_means():
+    rng = np.random.default_rng(5)
+    d = (rng.random((200, 2)) < 0.3).astype(float) - (rng.random((200, 2)) < 0.2).astype(float)
+    e = stats.images_only(d)
+    per_image = 100 * d.mean(axis=1)
+    lo, hi = stats.st.t.interval(0.95, 199, loc=per_image.mean(), scale=stats.st.sem(per_image))
+    assert e.mean == pytest.approx(per_image.mean()) and (e.low, e.high) == (pytest.approx(lo), pytest.approx(hi))
+    assert e.covers.startswith("test images only") and e.seeds == 2 and e.images == 200
+    assert e.p_value() < 0.05 if (lo > 0 or hi < 0) else e.p_value() >= 0.05
+    assert not stats.images_only(np.ones((1, 3))).resolved          # one image: no interval
+
+
+def _gain_frame(n=200, seeds=(0, 1), broken_only_sam=10, aa_seeds=(0, 1)):
+    """ST and SAM rho=0.4, paper-protocol masks on n images and AutoAttack masks on the first n // 2; AutoAttack
+    breaks what the paper protocol broke plus ``broken_only_sam`` more of SAM's images (none more of ST's)."""
+    rng = np.random.default_rng(9)
+    rows = []
+    for s in seeds:
+        st_ok, sam_ok = rng.random(n) < 0.3, rng.random(n) < 0.5
+        for lab, ok in (("ST", st_ok), ("SAM rho=0.4", sam_ok)):
+            row = {"label": lab, "seed": s, "natural": 90.0, "paper_linf_2": 100 * ok.mean(), "ok_paper_linf_2": ok}
+            if s in aa_seeds:
+                aa = ok[: n // 2].copy()
+                if lab.startswith("SAM"):
+                    aa[np.flatnonzero(aa)[:broken_only_sam]] = False
+                row |= {"autoattack_linf_2": 100 * aa.mean(), "ok_autoattack_linf_2": aa}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_sam_minus_st_under_autoattack_finds_a_gain_the_paper_protocol_overstated():
+    g = tables.autoattack_gains(_gain_frame(), threats=["linf_2"])
+    assert len(g) == 1
+    r = g.iloc[0]
+    assert (r["method"], r["seeds"], r["images"], r["attack"]) == ("SAM rho=0.4", 2, 100, "autoattack")
+    # 10 images broken only by AutoAttack, at each of two seeds, on 100 images: 10 points less gain
+    assert r["AutoAttack minus paper"].mean == pytest.approx(-10.0)
+    assert r["AutoAttack minus paper"].high < 0 and r["covers"].startswith("test images only")
+    assert r["paper protocol"].mean - r["AutoAttack"].mean == pytest.approx(10.0)
+    assert "overstated" in tables.autoattack_gain_sentence(g)
+    # the same attack everywhere: no change, and the sentence says so
+    same = tables.autoattack_gains(_gain_frame(broken_only_sam=0), threats=["linf_2"])
+    assert same.iloc[0]["AutoAttack minus paper"].mean == 0 and "same difference" in tables.autoattack_gain_sentence(same)
+
+
+def test_autoattack_gains_use_only_seeds_where_both_models_were_attacked():
+    g = tables.autoattack_gains(_gain_frame(aa_seeds=(1,)), threats=["linf_2"])
+    assert g.iloc[0]["seeds"] == 1
+    none = tables.autoattack_gains(_gain_frame(aa_seeds=()), threats=["linf_2"])
+    assert none.empty and "not known here" in tables.autoattack_gain_sentence(none)
+    assert tables.autoattack_gains_table(none).empty
