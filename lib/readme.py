@@ -181,7 +181,9 @@ def headline_figure(rows, profile: str):
         mean = [r["mean"] for _, r in pts]
         lo = [r["mean"] - r["low"] if r["low"] == r["low"] else 0.0 for _, r in pts]
         hi = [r["high"] - r["mean"] if r["high"] == r["high"] else 0.0 for _, r in pts]
-        ax.errorbar(x, mean, yerr=[lo, hi], fmt="o", ms=4, capsize=2, label=f"ρ = {rho:g}")
+        fewer = max(r["seeds"] for _, r in pts) if pts else seeds
+        ax.errorbar(x, mean, yerr=[lo, hi], fmt="o", ms=4, capsize=2,
+                    label=f"ρ = {rho:g}" + (f" ({fewer} of {seeds} seeds)" if fewer < seeds else ""))
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(cols)), ["clean" if c == "Natural" else c.replace("Linf", "L∞") for c in cols])
     ax.set_ylabel("SAM − ST (points)")
@@ -280,7 +282,8 @@ def length_sentence(scale: str, root=None) -> list[str]:
             if a.empty or b.empty:
                 continue
             a, b = a.iloc[0], b.iloc[0]
-            est = [tables.Estimate(r["mean"], r["low"], r["high"], seeds=int(r["seeds"])).text() for r in (a, b)]
+            est = [tables.Estimate(r["mean"], r["low"], r["high"], seeds=int(r["seeds"])).text(
+                seeds_expected=len(PROFILES[p].seeds)) for r, p in ((a, LONG[0]), (b, LONG[1]))]
             name = "clean" if col == "Natural" else threat_label("linf_2")
             parts.append(f"rho {rho:g} {name}: {est[0]} after {short} epochs, {est[1]} after {long}")
     if not parts:
