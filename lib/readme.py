@@ -234,7 +234,8 @@ def block(root=None, figure_src: str = FIGURE_REL) -> tuple[str, list, str | Non
     lines = head + [_scale_sentence(scale, df, results), "",
                     f"![SAM minus ST in clean and robust accuracy at each budget, {scale} profile]({figure_src})", "",
                     f"*SAM minus ST at the same seed, in points, under the paper's protocol (PGD-10) on "
-                    f"{int(df['paper_n'].min()):,} test images; dots: the mean over {seeds} seeds; bars: 95 % "
+                    f"{int(df['paper_n'].min()):,} test images; dots: the mean over {seeds} seeds"
+                    f"{' (fewer where the legend says so)' if any(r['seeds'] < seeds for r in rows) else ''}; bars: 95 % "
                     f"intervals over seeds and test images; above zero SAM is better.* The paper's claims at this scale "
                     f"(chapter 4 derives each verdict):", "",
                     "| claim | verdict | deciding number |", "|---|---|---|"]
