@@ -47,8 +47,17 @@ def results_for(profile: str, grid_name: str | None = None, dataset: str = "cifa
         from .executor import run_grid
         rep = run_grid(configs, data_root=data_root, progress=False)
         return rep.finished, rep.missing
-    found = runs.finished_runs(configs, data_root)
+    found = [None if r is not None and _being_evaluated(r) else r for r in runs.finished_runs(configs, data_root)]
     return [r for r in found if r is not None], [c.name for c, r in zip(configs, found) if r is None]
+
+
+def _being_evaluated(run) -> bool:
+    """A run trained on this machine (its weights are here) that has no paper-protocol evaluation yet: its
+    evaluations are running or were interrupted, so a book of committed results leaves it out (listed as
+    missing) instead of failing. A committed run never carries weights, so one without the paper record
+    is still an error (:func:`lib.tables.run_row`)."""
+    from .protocols import EVAL_DIR
+    return run.has_weights and not any((run.path / EVAL_DIR).glob("paper-*.json"))
 
 
 def first_seed(results) -> list:

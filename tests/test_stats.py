@@ -334,3 +334,27 @@ def test_autoattack_gains_use_only_seeds_where_both_models_were_attacked():
     none = tables.autoattack_gains(_gain_frame(aa_seeds=()), threats=["linf_2"])
     assert none.empty and "not known here" in tables.autoattack_gain_sentence(none)
     assert tables.autoattack_gains_table(none).empty
+
+
+def test_a_run_still_being_evaluated_here_is_left_out_of_a_committed_book_but_a_committed_one_is_an_error(
+        tmp_path, monkeypatch):
+    """A run trained on this machine whose evaluations are still running has weights and no paper record: the
+    book of committed results (make book PROFILE=cpu-long beside a training lane) lists it as missing instead of
+    stopping. A run without weights (as committed) and without the paper record is still an error."""
+    from lib import report, runs
+    from lib.errors import SambookError
+    root = tmp_path / "runs"
+    run_dir = _committed_copy(root)
+    monkeypatch.setenv("SAMBOOK_RUNS", str(root))
+    for f in (run_dir / "eval").glob("paper-*.json"):
+        f.unlink()
+    (run_dir / runs.MODEL).write_bytes(b"weights of a run being evaluated")
+    found, missing = report.results_for("cpu", "core", seeds=[1])
+    assert run_dir.name.startswith(next(n for n in missing if n.startswith("cifar10-st-s1")))
+    assert all(r.path != run_dir for r in found)
+    (run_dir / runs.MODEL).unlink()
+    found, _ = report.results_for("cpu", "core", seeds=[1])
+    mine = [r for r in found if r.path == run_dir]
+    assert mine
+    with pytest.raises(SambookError, match="no evaluation under the paper protocol"):
+        tables.run_row(mine[0])
