@@ -71,6 +71,7 @@ print(report.ran_on([st]))
 print(report.banner(PROFILE, st.metrics["data"]))
 print(f"after the last epoch: clean {st.history[-1]['test_acc']:.1f}%, PGD-{profile(PROFILE).curve_steps} L-inf 1/255 "
       f"{st.history[-1]['test_linf_1']:.1f}% (the learning curve's test images)")
+print(report.curve_images_note([st]))
 
 # %% [markdown]
 # ## 1. The SAM update, in a few lines

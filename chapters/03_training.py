@@ -153,7 +153,7 @@ df[["label", "seed", *shown]].round(1)
 # %% tags=["nbval-ignore-output"]
 fig = report.learning_curves(results, f"Learning curves, {DATASET}, {PROFILE} profile")
 prof = profile(PROFILE)
-print(f"curves on the first {prof.curve_images:,} test images; the attack: PGD-{prof.curve_steps}")
+print(f"{report.curve_images_note(results)} The attack: PGD-{prof.curve_steps}.")
 report.savefig(fig, f"03_learning_curves_{PROFILE}")
 plt.show()
 hist = pd.concat([r.history_frame().assign(label=r.config.label) for r in results])

@@ -50,6 +50,11 @@ class CifarData:
     classes: list = field(default_factory=list)
     exact: bool = True
     note: str = ""
+    # positions of the stored test images in the order an unsubsetted test split is used (None: as stored).
+    # An ImageFolder stores them sorted by class, so "the first n test images" would be one or two classes:
+    # it gets the official order (its order.csv) or else a fixed permutation (see test_order_for).
+    test_order: torch.Tensor | None = None
+    test_order_note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +77,20 @@ class CifarData:
         """First N images per class of each split (in file order), N=None keeps the split.
 
         The selection is deterministic (first N); ``seed`` only shuffles the order of the kept images.
+        A whole test split (``test_per_class=None``) is put in ``test_order`` where the source has one
+        (an ImageFolder's, class-sorted as stored), so that its first n images span the classes; the
+        training split keeps its stored order (training shuffles it every epoch).
         """
         out = CifarData(**{**self.__dict__})
+        if test_per_class is None and self.test_order is not None:
+            order = self.test_order.to(self.y_test.device)
+            out.x_test, out.y_test = self.x_test[order], self.y_test[order]
+            out.test_order = None
+        elif test_per_class is not None:
+            out.test_order = None
+            out.test_order_note = f"the first {test_per_class} test images of each class, shuffled (seed {seed})"
+        else:
+            out.test_order_note = self.test_order_note or "test images as stored"
         for split, n in (("train", train_per_class), ("test", test_per_class)):
             if n is None:
                 continue
@@ -161,7 +178,51 @@ def load_dataset(dataset: str = "cifar10", root=None, sources=SOURCES, download:
     """
     source, path = find_source(dataset, root, sources, download)
     data = _cached(dataset, source, path, download) if cache else _decode(dataset, source, path, download)
+    if source == "imagefolder":
+        data.test_order, data.test_order_note = test_order_for(path, data.y_test, data.classes)
     return data.to(device) if device is not None else data
+
+
+ORDER_FILE = "order.csv"
+
+
+def class_sorted_test(config, stamp) -> bool:
+    """True where a result stamped ``stamp`` (the ``test_order`` of an evaluation record, probe record or
+    run's metrics; None where it has none) was measured on an ImageFolder's whole test split in its stored,
+    class-sorted order: made before that split was put in order, its "first n test images" are one or two
+    classes. Results of profiles that subset the test split per class were never affected."""
+    from .config import profile as get_profile
+    return (not stamp and config.data_source == "imagefolder"
+            and get_profile(config.profile).test_per_class is None)
+
+
+def test_order_for(path: Path, y_test: torch.Tensor, classes: list) -> tuple[torch.Tensor, str]:
+    """Where the test images of an ImageFolder (stored sorted by class folder, then file name) go when the
+    whole split is used: the official order where ``<path>/order.csv`` maps each official test index to its
+    file (columns split, index, label, path), else a fixed permutation (seed 0). Returns (positions, a note
+    saying which). A present order.csv that does not describe this folder is an error naming it."""
+    f = Path(path) / ORDER_FILE
+    n = len(y_test)
+    if not f.is_file():
+        g = torch.Generator().manual_seed(0)
+        return torch.randperm(n, generator=g), f"test images in a fixed random order (seed 0; no {ORDER_FILE})"
+    import csv
+    try:
+        with open(f, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("split") == "test"]
+        stored = sorted(((Path(r["path"]).parent.name, Path(r["path"]).name, int(r["index"]), int(r["label"]))
+                         for r in rows))
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise DataNotFoundError(f"{f}: not a usable order file (split,index,label,path): {e}") from None
+    index = np.array([s[2] for s in stored], dtype=np.int64)
+    labels = np.array([s[3] for s in stored], dtype=np.int64)
+    folders = [s[0] for s in stored]
+    if (len(stored) != n or not np.array_equal(np.sort(index), np.arange(n))
+            or not np.array_equal(labels, y_test.cpu().numpy())
+            or any(classes[int(c)] != folder for c, folder in zip(labels, folders))):
+        raise DataNotFoundError(f"{f}: does not describe the {n} test images of {path / 'test'} (count, indices, "
+                                f"labels or class folders differ); remove it or replace the folder with a good copy")
+    return torch.from_numpy(np.argsort(index, kind="stable")), f"test images in the official order ({ORDER_FILE})"
 
 
 def _cache_file(dataset: str, source: str, path: Path) -> Path:

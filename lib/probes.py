@@ -326,22 +326,26 @@ def probe(run, name: str, data_root=None, device=None, force: bool = False) -> l
     from . import runs
     from .runtime import describe, device as pick_device, threads
     from .config import profile as get_profile
+    from .data import class_sorted_test
     if name not in PROBES:
         raise ConfigError(f"unknown probe {name!r}; valid probes: {', '.join(PROBES)}")
     fn, n_default, kwargs, _ = PROBES[name]
     n = min(n_default, run.metrics.get("test_images", n_default))
     path = probe_path(run.path, name)
     weights = run.metrics.get("weights_sha")
+    stale = None
     if path.exists() and not force:
         try:
             rec = read_json(path)
             if rec.get("weights_sha") == weights and rec.get("digest") == _digest(name, n):
-                return rec["rows"]
+                if not class_sorted_test(run.config, rec.get("test_order")):
+                    return rec["rows"]
+                stale = "was computed on the test split in its stored class order (one or two classes)"
         except (OSError, ValueError):
             pass
     if not run.has_weights:
-        raise SambookError(f"{run.path.name}: probe {name!r} was not computed when the run finished and the "
-                           f"weights (model.pt) are not here to compute it")
+        raise SambookError(f"{run.path.name}: probe {name!r} {stale or 'was not computed when the run finished'} "
+                           f"and the weights (model.pt) are not here to compute it")
     dev = pick_device(device)
     model = runs.load_model(run, dev)
     data = runs.load_data(run.config, data_root, device=dev)
@@ -352,7 +356,8 @@ def probe(run, name: str, data_root=None, device=None, force: bool = False) -> l
     with threads(None if dev.type == "cuda" else get_profile(run.config.profile).cpu_threads):
         rows = fn(model, x, y, **kwargs)
         env = describe(dev)
-    rec = {"probe": name, "digest": _digest(name, n), "n": n, "weights_sha": weights, "rows": rows,
+    rec = {"probe": name, "digest": _digest(name, n), "n": n, "test_order": data.test_order_note,
+           "weights_sha": weights, "rows": rows,
            "seconds": time.perf_counter() - t0, "run": run.path.name, **env,
            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json(path, rec)

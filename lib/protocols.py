@@ -260,10 +260,10 @@ def eval_path(run_path: Path, name: str, n: int | None) -> Path:
     return Path(run_path) / EVAL_DIR / f"{name}-n{'all' if n is None else n}.json"
 
 
-def _load_valid(path: Path, proto: Protocol | None, weights: str | None):
+def _load_valid(path: Path, proto: Protocol | None, weights: str | None, config=None):
     """The record at ``path`` if it passes :func:`check_record` (else None: it is computed again)."""
     try:
-        rec = check_record(path, read_json(path), weights)
+        rec = check_record(path, read_json(path), weights, config)
     except (OSError, ValueError, SambookError):
         return None
     if proto is not None and rec.get("protocol_digest") != proto.digest():
@@ -280,13 +280,20 @@ def _restore_hint(path: Path) -> str:
             f"(python -m lib evaluate --run {path.parent.parent} --protocol <name> --force, which needs the weights)")
 
 
-def check_record(path: Path, rec, weights: str | None) -> dict:
-    """``rec`` (read from ``path``) if it is a whole evaluation record of this run's weights; else a
-    :class:`ResultError` naming the file, what is wrong and what to do. Never a silent skip: a dropped record
-    would drop a seed from every mean and paired difference without a word."""
+def check_record(path: Path, rec, weights: str | None, config=None) -> dict:
+    """``rec`` (read from ``path``) if it is a whole evaluation record of this run's weights (and, given the
+    run's ``config``, of its test images in their present order); else a :class:`ResultError` naming the file,
+    what is wrong and what to do. Never a silent skip: a dropped record would drop a seed from every mean and
+    paired difference without a word."""
+    from .data import class_sorted_test
     path = Path(path)
     if not isinstance(rec, dict) or not {"protocol", "n", "natural", "threats", "clean"} <= set(rec):
         raise ResultError(f"{path}: not an evaluation record (keys missing); {_restore_hint(path)}")
+    if config is not None and class_sorted_test(config, rec.get("test_order")):
+        raise ResultError(f"{path}: measured on the test split in its stored class order (made before that split "
+                          f"was put in the official order), so its per-example outcomes refer to other images and "
+                          f"its first {rec['n']:,} are one or two classes; evaluate again (python -m lib evaluate "
+                          f"--run {path.parent.parent} --protocol {rec['protocol']} --force, which needs the weights)")
     if weights and rec.get("weights_sha") != weights:
         raise ResultError(f"{path}: made from other weights ({rec.get('weights_sha')}) than its run's metrics.json "
                           f"names ({weights}); {_restore_hint(path)}")
@@ -316,7 +323,7 @@ def evaluations(run, strict: bool = True) -> list[dict]:
     folder = Path(run.path) / EVAL_DIR
     weights = run.metrics.get("weights_sha")
     if not strict:
-        return [r for r in (_load_valid(f, None, weights) for f in sorted(folder.glob("*.json")))
+        return [r for r in (_load_valid(f, None, weights, run.config) for f in sorted(folder.glob("*.json")))
                 if r is not None] if folder.is_dir() else []
     out = []
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -324,7 +331,7 @@ def evaluations(run, strict: bool = True) -> list[dict]:
             rec = read_json(f)
         except (OSError, ValueError) as e:
             raise ResultError(f"{f}: unreadable ({type(e).__name__}: {str(e)[:80]}); {_restore_hint(f)}") from None
-        out.append(check_record(f, rec, weights))
+        out.append(check_record(f, rec, weights, run.config))
     return out
 
 
@@ -349,12 +356,12 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
     weights = run.metrics.get("weights_sha")
     path = eval_path(run.path, name, n)
     if not force and path.exists():
-        rec = _load_valid(path, proto, weights)
+        rec = _load_valid(path, proto, weights, run.config)
         if rec is not None:
             return rec
         if cached_only:         # say what is wrong with the file, not only that no result is here
             try:
-                check_record(path, read_json(path), weights)
+                check_record(path, read_json(path), weights, run.config)
             except (OSError, ValueError) as e:
                 raise ResultError(f"{path}: unreadable ({type(e).__name__}); {_restore_hint(path)}") from None
     if cached_only:
@@ -383,7 +390,8 @@ def evaluate_run(run, name: str = "paper", n: int | None = "default", data_root=
         rec = run_protocol(model, x, y, proto, known)
         env = describe(dev)
     rec.update(protocol=name, protocol_digest=proto.digest(), description=proto.to_dict(), n=len(y),
-               test_images=len(data.y_test), labels_digest=labels_digest(y), weights_sha=weights,
+               test_images=len(data.y_test), labels_digest=labels_digest(y), test_order=data.test_order_note,
+               weights_sha=weights,
                run=run.path.name, commit=runs.git_commit(),
                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **env, **extra)
     rec = json.loads(json.dumps(rec, default=str))     # exactly what a later read of the file gives

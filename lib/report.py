@@ -242,6 +242,26 @@ def learning_curves(results, title: str):
     return g.figure
 
 
+def curve_images_note(results) -> str:
+    """Which test images the runs' learning curves (``history``: test_acc, test_linf_1) were measured on, in
+    one sentence: the first ``curve_images`` of the profile's test split, and, for runs trained while an
+    ImageFolder's whole test split was still in its stored class order (:func:`lib.data.class_sorted_test`),
+    that those curves cover the first class alone."""
+    from .config import profile as get_profile
+    from .data import class_sorted_test
+    if not results:
+        return ""
+    n = get_profile(results[0].config.profile).curve_images
+    sorted_runs = [r for r in results if class_sorted_test(r.config, r.metrics.get("test_order"))]
+    text = f"Learning curves on the first {n:,} test images"
+    if not sorted_runs:
+        return text + "."
+    who = "every run" if len(sorted_runs) == len(results) else f"{len(sorted_runs)} of the {len(results)} runs"
+    return (text + f": for {who}, trained while the test split was still in its stored class order, these "
+            f"images are airplanes only, so read those curves' shape, not their level (the tables use all "
+            f"the test images, in the official order).")
+
+
 def tradeoff(ours, paper, columns, title: str):
     """Clean against robust accuracy: ours (filled) and the paper's (open), one panel per column."""
     import matplotlib.pyplot as plt

@@ -259,7 +259,7 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
             "name": config.name, "label": config.label, "config_hash": config.config_hash(),
             "method": config.method, "profile": config.profile, "dataset": config.dataset, "seed": config.seed,
             "data": data.describe(), "data_exact": data.exact,
-            "train_images": len(data.y_train), "test_images": len(data.y_test),
+            "train_images": len(data.y_train), "test_images": len(data.y_test), "test_order": data.test_order_note,
             "train_seconds": result.train_seconds, "curve_eval_seconds": result.eval_seconds,
             "images_per_second": result.images_seen / result.train_seconds if result.train_seconds else None,
             "passes_per_step": config.spec.passes_per_step(config), "precision": result.precision,

@@ -120,12 +120,15 @@ def run_row(result) -> dict:
             row["natural"] = rec["natural"]
             row[_mask_key("natural")] = unpack(rec["clean"], rec["n"])
             row["labels_digest"] = rec.get("labels_digest")
+            row[_digest_key("natural")] = rec.get("labels_digest")
             for t, v in rec["threats"].items():
                 row[_mask_key(f"paper_{t}")] = unpack(v["robust"], rec["n"])
+                row[_digest_key(f"paper_{t}")] = rec.get("labels_digest")
         elif p in REFERENCE_ATTACKS:
             # AutoAttack's per-example outcomes on its images (the first n), for SAM minus ST under it
             for t, v in rec["threats"].items():
                 row[_mask_key(f"{p}_{t}")] = unpack(v["robust"], rec["n"])
+                row[_digest_key(f"{p}_{t}")] = rec.get("labels_digest")
     for t, w in worst_case(result, recs=recs).items():
         row[f"worst_{t}"] = w["acc"]
         row[f"ncommon_{t}"] = w["n_common"]
@@ -355,6 +358,9 @@ def autoattack_gains(df, base_label: str = "ST", threats=None, protocols=REFEREN
                 continue
             n = min(len(base.at[s, mk]) for s in seeds)
             pk = _mask_key(f"paper_{t}")
+            both = {"base": base, "other": other}
+            _same_images(both, [(k, s) for k in both for s in seeds], f"{p}_{t}")
+            _same_images(both, [(k, s) for k in both for s in seeds], f"paper_{t}")
 
             def contrast(key):
                 return np.stack([other.at[s, key][:n].astype(float) - base.at[s, key][:n].astype(float)
@@ -442,6 +448,27 @@ def _mask_key(key: str) -> str:
     return f"ok_{key}"
 
 
+def _digest_key(key: str) -> str:
+    return f"images_{key}"
+
+
+def _same_images(rows, pairs, key: str) -> None:
+    """Per-example outcomes combined image by image must refer to the same test images in the same order:
+    a SambookError naming the runs where the records' labels digests (``images_<key>``) differ."""
+    from .errors import SambookError
+    dk = _digest_key(key)
+    seen = {}
+    for lab, s in pairs:
+        if dk in rows[lab]:
+            d = rows[lab].at[s, dk]
+            if isinstance(d, str):
+                seen.setdefault(d, []).append(str(rows[lab].at[s, "run"]) if "run" in rows[lab] else f"{lab} s{s}")
+    if len(seen) > 1:
+        raise SambookError(f"{key}: these runs' per-example outcomes refer to different test images or orders ("
+                           + "; ".join(f"{d}: {', '.join(r)}" for d, r in seen.items())
+                           + "); evaluate them again on the same images (python -m lib evaluate --force)")
+
+
 def contrast_matrix(df, terms, key: str):
     """The per-example contrast ``sum(weight * outcome)`` of ``terms`` ([(label, weight)]) at column ``key``:
     a matrix (test images x seeds) over the seeds every label has, where every run of them carries its
@@ -458,6 +485,7 @@ def contrast_matrix(df, terms, key: str):
         return np.empty(0), []
     if not have:
         return np.array([sum(w * float(rows[lab].at[s, key]) for lab, w in terms) for s in seeds]) / 100.0, seeds
+    _same_images(rows, [(lab, s) for lab, _ in terms for s in seeds], key)
     cols = []
     for s in seeds:
         masks = [(rows[lab].at[s, mk], w) for lab, w in terms]

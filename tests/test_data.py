@@ -180,3 +180,80 @@ def test_a_subset_of_the_jpeg_copy_keeps_the_same_test_images_for_every_run(exac
     s1 = load_subset("cifar10", "npz", None, 10, 5)
     s2 = load_subset("cifar10", "npz", None, 20, 5)
     assert torch.equal(s1.y_test, s2.y_test)         # the training subset does not move the test images
+
+
+# --------------------------------------------------------------------------------------------------
+# The order of a whole test split: "the first n test images" must not be one class
+
+
+def _write_order(root, rows):
+    with open(root / "order.csv", "w") as f:
+        f.write("split,index,label,path\n")
+        for split, index, label, path in rows:
+            f.write(f"{split},{index},{label},{path}\n")
+
+
+def test_whole_imagefolder_test_split_follows_its_order_file(tmp_path, monkeypatch):
+    """An ImageFolder stores its images sorted by class folder; used whole, the test split follows order.csv
+    (official index -> file), so its first images span the classes; a per-class subset is as before."""
+    monkeypatch.setenv("SAMBOOK_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cifar10-jpeg75"
+    _png_folder(root, n_per_class=3)
+    # official order: class 9's first image, then class 0's, then round-robin down the classes
+    official = [(c, i) for i in range(3) for c in range(9, -1, -1)]
+    _write_order(root, [("test", k, c, f"test/class{c:02d}/{i}.png") for k, (c, i) in enumerate(official)])
+    d = D.load_dataset("cifar10", tmp_path, sources=("imagefolder",))
+    assert d.y_test.tolist() == sorted(d.y_test.tolist())              # stored: sorted by class
+    whole = d.subset(None, None)
+    assert whole.y_test.tolist() == [c for c, _ in official]
+    assert set(whole.y_test[:10].tolist()) == set(range(10)) and "official order" in whole.test_order_note
+    from PIL import Image
+    k = 13                                                              # official index 13: class 6, file 1
+    c, i = official[k]
+    img = np.asarray(Image.open(root / "test" / f"class{c:02d}" / f"{i}.png").convert("RGB"))
+    assert torch.equal(whole.x_test[k], torch.from_numpy(img.copy()).permute(2, 0, 1))
+    assert torch.equal(whole.x_train, d.x_train)                        # training split: stored order, untouched
+    per_class = d.subset(None, 2, seed=0)                               # a per-class subset ignores the order file
+    keep = D.first_per_class(d.y_test, 2)
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(per_class.y_test, d.y_test[keep]) and torch.equal(per_class.x_test, d.x_test[keep])
+
+
+def test_whole_imagefolder_test_split_without_order_file_is_shuffled_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMBOOK_CACHE", str(tmp_path / "cache"))
+    _png_folder(tmp_path / "cifar10-jpeg75", n_per_class=5)
+    d = D.load_dataset("cifar10", tmp_path, sources=("imagefolder",))
+    a, b = d.subset(None, None), D.load_dataset("cifar10", tmp_path, sources=("imagefolder",)).subset(None, None)
+    assert torch.equal(a.y_test, b.y_test) and torch.equal(a.x_test, b.x_test)     # a fixed order
+    assert len(set(a.y_test[:10].tolist())) >= 5 and "fixed random order" in a.test_order_note
+    assert sorted(map(bytes, a.x_test.numpy())) == sorted(map(bytes, d.x_test.numpy()))   # the same images
+
+
+def test_an_order_file_that_does_not_fit_its_folder_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMBOOK_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cifar10-jpeg75"
+    _png_folder(root, n_per_class=2)
+    # labels swapped between two files: the order file describes another folder
+    rows = [("test", 2 * c + i, c, f"test/class{c:02d}/{i}.png") for c in range(10) for i in range(2)]
+    rows[0] = ("test", 0, 1, "test/class00/0.png")
+    _write_order(root, rows)
+    with pytest.raises(DataNotFoundError, match="order.csv: does not describe"):
+        D.load_dataset("cifar10", tmp_path, sources=("imagefolder",))
+
+
+def test_real_jpeg_test_split_in_official_order_matches_the_exact_pixels(exact):
+    """The real JPEG copy's order.csv puts its test images in the official order: its first images are the
+    exact subset's (official indices 0..), up to JPEG error, and span every class."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    _, path = D.find_source("cifar10", None, ("imagefolder",))
+    folder = ImageFolder(str(path / "test"))                 # lists the files; decodes none
+    order, note = D.test_order_for(path, torch.tensor(folder.targets), folder.classes)
+    assert "official order" in note
+    first = [folder.samples[int(i)] for i in order[:100]]
+    assert [y for _, y in first] == exact.y_test[:100].tolist()
+    assert set(exact.y_test[:100].tolist()) == set(range(10))
+    x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in first]).astype(float)
+    ref = exact.x_test[:100].permute(0, 2, 3, 1).numpy().astype(float)
+    assert np.abs(x - ref).mean() < 10                        # JPEG error: about 5.8/255
+    assert np.abs(x[1:] - ref[:-1]).mean() > 40               # a neighbour's pixels: about 70/255

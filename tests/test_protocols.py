@@ -190,6 +190,43 @@ def test_stale_records_are_named_recomputed_where_weights_exist_and_bad_n_refuse
         protocols.evaluate_run(run, "paper", n=0)
 
 
+def test_records_of_a_class_sorted_whole_test_split_are_refused(run):
+    """A record made while an ImageFolder's whole test split was in its stored class order (no ``test_order``
+    stamp) is refused for a profile that uses the whole split, with what to do; per-class subsets (this
+    smoke run) were never affected."""
+    rec = protocols.evaluate_run(run, "paper")
+    assert rec["test_order"].startswith("the first 20 test images of each class")
+    path = protocols.eval_path(run.path, "paper", None)
+    old = {k: v for k, v in rec.items() if k != "test_order"}
+    whole = make_config("st", "cpu-long", data_source="imagefolder")
+    with pytest.raises(protocols.ResultError, match="stored class order.*evaluate again"):
+        protocols.check_record(path, old, rec["weights_sha"], whole)
+    assert protocols.check_record(path, rec, rec["weights_sha"], whole) is rec
+    assert protocols.check_record(path, old, rec["weights_sha"], run.config) is old
+
+
+def test_a_probe_of_a_class_sorted_whole_test_split_is_computed_again(run, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+    from lib import config, probes
+    rows = probes.probe(run, "sam_step")
+    path = probes.probe_path(run.path, "sam_step")
+    rec = json.loads(path.read_text())
+    assert rec["test_order"].startswith("the first 20 test images")
+    del rec["test_order"]
+    path.write_text(json.dumps(rec))
+    assert probes.probe(run, "sam_step") == rows                  # smoke keeps a per-class subset: still valid
+    whole = dataclasses.replace(config.PROFILES["smoke"], test_per_class=None)
+    monkeypatch.setitem(config.PROFILES, "smoke", whole)          # as if the profile used the whole split
+    copy = tmp_path / run.path.name
+    shutil.copytree(run.path, copy)
+    (copy / runs.MODEL).unlink()
+    cfg = json.loads((copy / runs.CONFIG).read_text())
+    (copy / runs.CONFIG).write_text(json.dumps(dict(cfg, data_source="imagefolder")))   # an ImageFolder's split
+    with pytest.raises(SambookError, match="stored class order"):  # no weights: named, never read as valid
+        probes.probe(runs.load_run(copy), "sam_step")
+
+
 def test_cached_evaluations_are_read_without_weights(run, tmp_path):
     import shutil
     copy = tmp_path / run.path.name
@@ -209,3 +246,21 @@ def test_the_evaluate_command_never_trains(run, capsys):
     assert "linf8" in out and "n=   30" in out
     assert main(["evaluate", "--run", str(run.path / "nope")]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_learning_curves_say_when_they_were_measured_on_one_class(run, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+    from lib import config, report
+    assert "test_order" in run.metrics
+    assert report.curve_images_note([run]) == "Learning curves on the first 100 test images."
+    copy = tmp_path / run.path.name
+    shutil.copytree(run.path, copy)
+    cfg = json.loads((copy / runs.CONFIG).read_text())
+    (copy / runs.CONFIG).write_text(json.dumps(dict(cfg, data_source="imagefolder")))
+    m = json.loads((copy / runs.METRICS).read_text())
+    del m["test_order"]                                            # trained before the split was put in order
+    (copy / runs.METRICS).write_text(json.dumps(m))
+    monkeypatch.setitem(config.PROFILES, "smoke", dataclasses.replace(config.PROFILES["smoke"], test_per_class=None))
+    note = report.curve_images_note([run, runs.load_run(copy)])
+    assert "for 1 of the 2 runs" in note and "airplanes only" in note

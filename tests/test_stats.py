@@ -14,6 +14,7 @@ import pytest
 
 from lib import stats, tables
 from lib.attacks import THREAT_NAMES
+from lib.errors import SambookError
 
 
 def _outcomes(n, seeds, acc, flips=1, seed=0, flip_seed=0):
@@ -358,3 +359,15 @@ def test_a_run_still_being_evaluated_here_is_left_out_of_a_committed_book_but_a_
     assert mine
     with pytest.raises(SambookError, match="no evaluation under the paper protocol"):
         tables.run_row(mine[0])
+
+
+def test_outcomes_on_different_images_or_orders_are_never_paired():
+    """Per-example outcomes are subtracted image by image: a run whose record lists its test images in another
+    order (another labels digest) is an error naming it, never a silently scrambled difference."""
+    df = _mask_frame(200)
+    df["run"] = [f"{lab}-s{s}" for lab, s in zip(df["label"], df["seed"])]
+    df["images_natural"] = "aaaa"
+    assert tables.paired(df, "SAM rho=0.1", "ST", "natural").seeds == 3
+    df.loc[(df["label"] == "ST") & (df["seed"] == 1), "images_natural"] = "bbbb"
+    with pytest.raises(SambookError, match=r"different test images or orders.*bbbb: ST-s1"):
+        tables.paired(df, "SAM rho=0.1", "ST", "natural")
