@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(e)
     _add_common(e, auto=True)
 
+    r = sub.add_parser("restore", help="train a finished run's missing weights again and install them only if "
+                                       "they are bit-identical to the recorded ones (weights are never committed)")
+    r.add_argument("--run", required=True, help="the run folder, e.g. outputs/runs/cifar10-st-s1-cpu-long-cb28467254")
+    r.add_argument("--scratch", default=None, help="where to retrain (default: a temporary folder, removed after)")
+    r.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
+    r.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     sub.add_parser("list-methods", help="list the training methods")
     sub.add_parser("list-protocols", help="list the evaluation protocols")
 
@@ -372,6 +380,22 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _restore(args) -> int:
+    from pathlib import Path
+
+    from . import runs
+    if not runs.is_finished(Path(args.run)):
+        raise SambookError(f"{args.run} is not a finished run folder (no {runs.METRICS})")
+    out = runs.restore_weights(args.run, data_root=args.data_root, device=args.device,
+                               progress=not args.no_progress, scratch=args.scratch)
+    if out["status"] == "present":
+        print(f"{out['run']}: model.pt is there and is the recorded weights ({out['weights_sha']}); nothing to do")
+    else:
+        print(f"{out['run']}: retrained in {out['train_seconds']:.0f} s on {out['device']}; weights "
+              f"{out['weights_sha']} equal the recorded ones; model.pt installed")
+    return 0
+
+
 def _bench(args) -> int:
     from . import bench
     cfg = bench.default_config(
@@ -409,7 +433,7 @@ def _gpu_session(args) -> int:
 
 
 COMMANDS = {"train": _train, "sweep": _sweep, "grid": _sweep, "evaluate": _evaluate, "bench": _bench,
-            "check-data": _check_data, "gpu-session": _gpu_session}
+            "check-data": _check_data, "gpu-session": _gpu_session, "restore": _restore}
 
 
 def guarded(fn) -> int:

@@ -274,6 +274,47 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
     return load_run(path)
 
 
+def restore_weights(path, data_root=None, device=None, progress: bool = True, scratch=None) -> dict:
+    """Train a finished run's weights again when its model.pt is gone (weights are never committed), and
+    install them only if they are the weights its results were made from.
+
+    The run is retrained from its own config.json into a scratch run cache (``scratch``, else a temporary
+    folder), so nothing in the run folder changes unless the new weights' digest equals the ``weights_sha``
+    in its metrics.json; then model.pt is written atomically into the folder. A mismatch is an error that
+    names both digests and leaves the folder as it was. Returns what happened: ``status`` (``present`` or
+    ``restored``), the digest, and the retraining's seconds and history file (measured on this machine,
+    kept in the scratch cache only)."""
+    import shutil
+    import tempfile
+    path = Path(path)
+    result = load_run(path)
+    recorded = result.metrics.get("weights_sha")
+    if not recorded:
+        raise SambookError(f"{path.name}: its metrics.json has no weights_sha, so retrained weights cannot be "
+                           f"checked against it")
+    if result.has_weights:
+        load_model(result)          # raises when the weights there are not the recorded ones
+        return {"status": "present", "weights_sha": recorded, "run": path.name}
+    tmp = None
+    if scratch is None:
+        tmp = tempfile.TemporaryDirectory(prefix="sambook-restore-")
+        scratch = tmp.name
+    try:
+        again = run(result.config, data_root=data_root, runs_root=scratch, device=device, progress=progress,
+                    retrain=True)
+        digest = again.metrics.get("weights_sha")
+        if digest != recorded:
+            raise SambookError(f"{path.name}: retrained weights {digest} differ from the recorded weights_sha "
+                               f"{recorded}; nothing was installed (the training is not bit-identical here: "
+                               f"another CPU, torch or library version?)")
+        atomic_write(path / MODEL, lambda p: shutil.copyfile(again.path / MODEL, p))
+        return {"status": "restored", "weights_sha": digest, "run": path.name,
+                "train_seconds": again.metrics.get("train_seconds"), "device": again.metrics.get("device")}
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
 def load_run(path) -> RunResult:
     path = Path(path)
     if not is_finished(path):

@@ -185,3 +185,32 @@ def test_no_committed_run_reads_as_made_by_other_training_code():
     assert folders and runs.stale([runs.load_run(d) for d in folders]) == []
     for now, older in runs.EQUIVALENT_FINGERPRINTS.items():
         assert now not in older and now in runs.EQUIVALENCE_CHECKS
+
+
+def test_lost_weights_are_restored_only_when_bit_identical(tmp_path):
+    """Weights are never committed, so a new machine retrains a committed run to evaluate it again:
+    `lib restore` installs the retrained model.pt only when its digest is the recorded one, and leaves
+    the run folder untouched otherwise."""
+    import shutil
+
+    from lib.cli import main
+    from lib.errors import SambookError
+    cfg = make_config("st", "smoke", epochs=1, train_per_class=10, batch_size=50)
+    r = runs.run(cfg, runs_root=tmp_path / "cache", device="cpu", progress=False)
+    folder = tmp_path / "committed" / r.path.name
+    shutil.copytree(r.path, folder)
+    (folder / runs.MODEL).unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    out = runs.restore_weights(folder, device="cpu", progress=False, scratch=tmp_path / "scratch")
+    assert out["status"] == "restored" and out["weights_sha"] == r.metrics["weights_sha"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != runs.MODEL} == before
+    assert not runs.load_model(runs.load_run(folder)).training       # the installed weights are its own
+    assert runs.restore_weights(folder, device="cpu", progress=False)["status"] == "present"
+
+    (folder / runs.MODEL).unlink()
+    write_json(folder / runs.METRICS, dict(r.metrics, weights_sha="0123456789abcdef"))
+    with pytest.raises(SambookError, match="differ from the recorded weights_sha 0123456789abcdef"):
+        runs.restore_weights(folder, device="cpu", progress=False)
+    assert not (folder / runs.MODEL).exists()
+    assert main(["restore", "--run", str(tmp_path / "nowhere"), "--no-progress"]) == 2
