@@ -755,6 +755,26 @@ def sam_vs_st_by_length(df, column_prefix: str = "paper") -> list[dict]:
     return sorted(rows, key=lambda r: (r["epochs"], r["rho"]))
 
 
+def accuracy_by_length(df, labels=("ST", "SAM rho=0.1", "SAM rho=0.4"), column: str = "natural") -> list[dict]:
+    """Accuracy in % at ``column`` (``natural``, or ``paper_<threat>``) of each label at each training length
+    (``epochs``) of the frame: the mean over seeds, its 95 % interval over seeds and test images
+    (:func:`lib.stats.estimate`), and the seeds and test images behind it. Lengths are measured on different
+    test images where their profiles differ (the row's ``images`` says how many): SAM minus ST within a length
+    (:func:`sam_vs_st_by_length`) is paired, a change across lengths is not."""
+    rows = []
+    for (prof, e), sub in df.groupby(["profile", "epochs"], sort=True):
+        for lab in labels:
+            if lab not in set(sub["label"]):
+                continue
+            d, seeds = contrast_matrix(sub, [(lab, 1.0)], column)
+            if not seeds:
+                continue
+            est = estimate(d)
+            rows.append({"label": lab, "epochs": int(e), "profile": prof, "mean": est.mean, "low": est.low,
+                         "high": est.high, "seeds": est.seeds, "images": est.images})
+    return sorted(rows, key=lambda r: (labels.index(r["label"]), r["epochs"]))
+
+
 def claims_by_scale(frames: dict, measure: str = "paper") -> "pd.DataFrame":
     """Each claim's verdict and deciding cell at each scale (``frames``: scale name -> results frame), side by
     side, one row per claim (claim 2 one per budget); a claim a scale cannot judge yet reads as its

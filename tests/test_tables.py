@@ -276,3 +276,31 @@ def test_protocol_table_never_averages_a_protocol_over_other_seeds_than_its_row(
     check = tables.autoattack_check(pd.DataFrame(rows), "linf_1", "paper", ("autoattack",))
     assert check.loc["ST", "seeds"] == 1 and check.loc["ST", "autoattack"] == 22.0
     assert check.loc["ST", "paper"] == 24.0 and check.loc["ST", "images"] == 100
+
+
+def test_accuracy_by_length_is_each_lengths_own_mean_with_its_images():
+    """The measured curve behind the long scale's length: each (label, length) cell is the mean over its own
+    seeds, with an interval over seeds and test images when per-example outcomes are there, the image count
+    of that length, and no cell for a label a length lacks."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rows = []
+    for prof, epochs, n, base in (("cpu", 2, 200, 0.70), ("cpu-long", 10, 1000, 0.84)):
+        for s in (0, 1, 2):
+            for lab, shift in (("ST", 0.0), ("SAM rho=0.1", -0.02)):
+                if lab == "SAM rho=0.1" and epochs == 10:
+                    continue                      # not trained at this length yet
+                ok = rng.random(n) < base + shift + 0.01 * s
+                rows.append({"label": lab, "seed": s, "profile": prof, "epochs": epochs, "natural": 100 * ok.mean(),
+                             "ok_natural": ok, "images_natural": f"digest-{prof}"})
+    df = pd.DataFrame(rows)
+    got = {(r["label"], r["epochs"]): r for r in tables.accuracy_by_length(df)}
+    assert set(got) == {("ST", 2), ("ST", 10), ("SAM rho=0.1", 2)}
+    for (lab, e), r in got.items():
+        sub = df[(df["label"] == lab) & (df["epochs"] == e)]
+        assert r["mean"] == pytest.approx(sub["natural"].mean())
+        assert r["seeds"] == 3 and r["images"] == {2: 200, 10: 1000}[e]
+        assert r["low"] < r["mean"] < r["high"]
+    # the image noise counts: 200 images give a wider interval than 1,000 at a similar spread over seeds
+    assert got[("ST", 2)]["high"] - got[("ST", 2)]["low"] > got[("ST", 10)]["high"] - got[("ST", 10)]["low"]
+    assert [r["label"] for r in tables.accuracy_by_length(df)] == ["ST", "ST", "SAM rho=0.1"]
