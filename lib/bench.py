@@ -78,7 +78,7 @@ class BenchConfig:
     warmup: int = 1                # untimed repeats before them
     eval_images: int = 128         # test images per repeat of the evaluation workload
     eval_batch_size: int = 500
-    compile: bool = False          # also time torch.compile of the model (ST, SAM steps, PGD evaluation)
+    compile: bool = False          # also time torch.compile of the model (ST, SAM, AT steps, PGD evaluation)
     threads: int | None = None     # CPU threads for the run (None: leave torch's setting)
     quick: bool = False
     seed: int = 0
@@ -369,10 +369,10 @@ class Bench:
             out["targets"] = TARGETS.get(name, {})
         return out
 
-    def compiled(self, workloads=("st", "sam", "eval")) -> dict:
-        """torch.compile of the model on vs off for the engine's ST and SAM steps and its PGD-10 evaluation
-        (inductor: CUDA, or C++ on a CPU), timed side by side, with a check that both give the same numbers:
-        the first repeat's training loss from the same weights and batches, and the evaluation's accuracies.
+    def compiled(self, workloads=("st", "sam", "at", "eval")) -> dict:
+        """torch.compile of the model on vs off for the engine's ST, SAM and PGD-10 AT steps and its PGD-10
+        evaluation (inductor: CUDA, or C++ on a CPU), timed side by side, with a check that both give the same
+        numbers: the first repeat's training loss from the same weights and batches, and the evaluation's accuracies.
         The choice is ``compile`` where every training step and the evaluation gain at least ``COMPILE_GAIN``."""
         out = {"measured": True, "workloads": {}}
         try:

@@ -270,7 +270,8 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
             "passes_per_step": config.spec.passes_per_step(config), "precision": result.precision,
             "attack_precision": "fp32" if (config.attack_fp32 or result.precision == "fp32") else result.precision,
             "weights_sha": weights_sha(result.model.state_dict()), "fingerprint": code, **env,
-            "compiled": bool(get_profile(config.profile).compile or (compile_model and dev.type == "cuda")),
+            "compiled": bool(get_profile(config.profile).compiles(config.method)
+                             or (compile_model and dev.type == "cuda")),
             "commit": commit, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_text(path / HISTORY, _history_csv(result.history))

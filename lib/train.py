@@ -120,7 +120,8 @@ def train(config, data, device=None, run_dir=None, progress: bool = True, stop_a
         run_dir: where to checkpoint every epoch; an existing checkpoint of the same config is resumed.
         stop_after_epoch: return after this many epochs (for tests and for splitting long runs).
         compile_model: wrap the model in ``torch.compile`` on CUDA (measured in ``make bench``); a profile
-            with ``compile`` compiles its training steps on any device (the learning curves stay eager).
+            whose ``compile`` names the method compiles its training steps on any device (the learning curves
+            stay eager).
         curve: (test images, PGD steps) of the per-epoch learning curve, default the profile's.
 
     Returns a :class:`TrainResult` whose ``history`` has one dict per epoch.
@@ -134,7 +135,7 @@ def train(config, data, device=None, run_dir=None, progress: bool = True, stop_a
     model = build_model(config.num_classes, config.width, config.dataset).to(dev, memory_format=fmt)
     opt = build_optimizer(config, model, dev)
     method = make_method(config, dtype)
-    net = torch.compile(model) if (compile_model and dev.type == "cuda") or prof.compile else model
+    net = torch.compile(model) if (compile_model and dev.type == "cuda") or prof.compiles(config.method) else model
 
     history, start, train_s, eval_s, images = [], 0, 0.0, 0.0, 0
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
