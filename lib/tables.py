@@ -236,7 +236,7 @@ def comparison_table(df, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
 def table2_by_scale(frames: dict, dataset: str = "cifar10", sam_match=(0.05, 0.1, 0.2)):
     """Table 2 at several scales side by side (``frames``: scale name -> results frame): per method and column,
     our mean over seeds under the paper's protocol at each scale, then the published value; a column
-    ``seeds`` per scale says how many seeds each mean rests on (blank: not trained at that scale)."""
+    ``seeds`` per scale says how many seeds each mean rests on (0: not trained at that scale)."""
     import pandas as pd
     sam_labels = [f"SAM rho={r:g}" for r in sam_match]
     paper = PAPER[dataset]
@@ -254,13 +254,13 @@ def table2_by_scale(frames: dict, dataset: str = "cifar10", sam_match=(0.05, 0.1
                     else math.nan
             cells[(COLUMN_LABELS[col], "paper")] = paper[prow][j] if prow in paper else math.nan
         for s, (_, _, n) in stats_.items():
-            cells[("seeds", s)] = int(n.loc[label]) if label in n.index else None
+            cells[("seeds", s)] = int(n.loc[label]) if label in n.index else 0
         out[f"{label} (paper {prow})" if prow is not None and label.startswith("SAM") else label] = cells
     table = pd.DataFrame.from_dict(out, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     table.index.name = "method"
     for c in [c for c in table.columns if c[0] == "seeds"]:
-        table[c] = table[c].astype("Int64")          # a blank, not NaN or 2.0, where a scale lacks the method
+        table[c] = table[c].astype(int)          # a count, never NaN or 2.0 (a table's <NA> reads as a fault)
     return table
 
 

@@ -149,7 +149,8 @@ def test_table2_by_scale_puts_each_scale_beside_the_paper_and_counts_its_seeds()
     assert t.loc["ST", (nat, "cpu-long")] == pytest.approx(long[long["label"] == "ST"]["natural"].mean())
     assert t.loc["ST", (nat, "paper")] == tables.PAPER["cifar10"]["ST"][0]
     assert t.loc["ST", ("seeds", "cpu")] == 3 and t.loc["ST", ("seeds", "cpu-long")] == 2
-    assert pd.isna(t.loc["AT L-inf 1/255", ("seeds", "cpu-long")])           # not trained there: blank
+    assert t.loc["AT L-inf 1/255", ("seeds", "cpu-long")] == 0              # not trained there: no seeds
+    assert "<NA>" not in t.to_markdown()
     assert math.isnan(t.loc["AT L-inf 1/255", (nat, "cpu-long")])
     assert math.isnan(t.loc["SAM rho=0.4", (nat, "paper")])                    # no published row
 
