@@ -257,19 +257,22 @@ LONG = ("cpu", "cpu-long")        # the two CPU scales: the same network and dat
 
 
 def length_sentence(scale: str, root=None) -> list[str]:
-    """One sentence on how SAM - ST moved between the two CPU scales, from the committed runs of both (the
-    longer scale may be partial: the sentence says at how many seeds), or nothing where one scale has no pair."""
+    """One sentence on how SAM - ST moved with training length: from the `cpu` scale's runs, through the
+    committed runs of the training-length axis, to the longer scale's (each length may be partial: its
+    cell says at how many seeds), or nothing where the two ends have no pair."""
     import pandas as pd
 
     from . import tables
     from .attacks import threat_label
-    from .config import PROFILES
+    from .config import PROFILES, grid
     if scale not in LONG:
         return []
     frames = [committed_frame(s, root)[0] for s in LONG]
     if any(f.empty for f in frames):
         return []
-    rows = pd.DataFrame(tables.sam_vs_st_by_length(pd.concat(frames, ignore_index=True)))
+    axis = [r for r in _committed(grid("length", LONG[1]), root) if r is not None]
+    parts_ = frames + ([tables.results_frame(axis)] if axis else [])
+    rows = pd.DataFrame(tables.sam_vs_st_by_length(pd.concat(parts_, ignore_index=True)))
     rows = rows[rows["seeds"] > 0] if not rows.empty else rows
     if rows.empty or rows["epochs"].nunique() < 2:
         return []
@@ -278,22 +281,25 @@ def length_sentence(scale: str, root=None) -> list[str]:
     parts = []
     for rho in sorted(at["rho"].unique()):
         for col in ("Natural", tables.COLUMN_LABELS["linf_2"]):
-            a = rows[(rows["epochs"] == short) & (rows["rho"] == rho) & (rows["column"] == col)]
-            b = at[(at["rho"] == rho) & (at["column"] == col)]
-            if a.empty or b.empty:
+            cells = rows[(rows["rho"] == rho) & (rows["column"] == col)].sort_values("epochs")
+            if cells.empty or cells["epochs"].min() != short or cells["epochs"].max() != long:
                 continue
-            a, b = a.iloc[0], b.iloc[0]
-            est = [tables.Estimate(r["mean"], r["low"], r["high"], seeds=int(r["seeds"])).text(
-                seeds_expected=len(PROFILES[p].seeds)) for r, p in ((a, LONG[0]), (b, LONG[1]))]
+            said = []
+            for k, r in enumerate(cells.itertuples()):
+                est = tables.Estimate(r.mean, r.low, r.high, seeds=int(r.seeds)).text(
+                    seeds_expected=len(PROFILES[LONG[1]].seeds))
+                said.append(f"{est} after {r.epochs}" + (" epochs" if k == 0 else ""))
             name = "clean" if col == "Natural" else threat_label("linf_2")
-            parts.append(f"rho {rho:g} {name}: {est[0]} after {short} epochs, {est[1]} after {long}")
+            parts.append(f"rho {rho:g} {name}: " + ", ".join(said))
     if not parts:
         return []
     seeds = int(at["seeds"].max())
+    between = sorted(set(rows["epochs"]) - {short, long})
+    via = f", through {' and '.join(str(e) for e in between)} epochs," if between else ""
     return ["", f"**Training longer.** SAM minus ST (points, paper protocol), as training grows from the `{LONG[0]}` "
-                f"scale to the `{LONG[1]}` scale ({_seed_count(seeds, len(PROFILES[LONG[1]].seeds))} at {long} epochs; "
-                f"chapter 4 draws every budget): " + "; ".join(parts) + ". "
-                + verdict_moves(*frames)]
+                f"scale ({short} epochs){via} to the `{LONG[1]}` scale ({long} epochs, "
+                f"{_seed_count(seeds, len(PROFILES[LONG[1]].seeds))}; chapter 4 draws every budget): "
+                + "; ".join(parts) + ". " + verdict_moves(*frames)]
 
 
 def _seed_count(have: int, want: int) -> str:

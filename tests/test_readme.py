@@ -3,6 +3,7 @@ between its markers and the headline figure must be what the runs give today."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -142,6 +143,23 @@ def test_the_verdict_sentence_names_what_moved_and_what_is_not_judged_yet():
     assert "until its runs are trained: 2, 3a, 3b, 3c" in text
     same = readme.verdict_moves(frame("cpu", -10, (0.1, 0.4)), frame("cpu-long", -10, (0.1, 0.4)))
     assert "none changed; unchanged: 1a, 1b" in same
+
+
+def test_the_length_sentence_walks_every_committed_length_of_the_axis():
+    """The README's sentence on training length reads the training-length axis too, not only its ends: every
+    length at which ST and SAM rho 0.1 are both committed appears, in order, with its interval."""
+    from lib import tables
+    from lib.config import grid
+    axis = [r for r in readme._committed(grid("length", "cpu-long")) if r is not None]
+    if not axis:
+        pytest.skip("no committed run of the training-length axis")
+    df = tables.results_frame(axis)
+    lengths = sorted(set(df[df["label"] == "ST"]["epochs"]) & set(df[df["label"] == "SAM rho=0.1"]["epochs"]))
+    text = readme.length_sentence("cpu-long")[1]
+    rho01 = text.split("rho 0.1 clean: ")[1].split(";")[0]
+    said = [int(e) for e in re.findall(r"after (\d+)", rho01)]
+    assert said == sorted({2, 10, *lengths}), (said, lengths)
+    assert rho01.count("[") == len(said)           # every length with its interval
 
 
 def test_the_runs_table_lists_every_committed_run_of_the_long_scale_with_its_cost():
