@@ -148,10 +148,16 @@ def fingerprint() -> str:
 # 0c2efa058a3f differs from eb5c81d3211f only in lib/data.py's test order (the training split is untouched);
 # checked on 2026-12-07 with `python -m lib restore` (which installs retrained weights only when bit-identical)
 # on one eager cpu run and two compiled cpu-long runs.
-EQUIVALENT_FINGERPRINTS = {"0c2efa058a3f": ("eb5c81d3211f", "15a7ff419d77")}
-EQUIVALENCE_CHECKS = {"0c2efa058a3f": "cifar10-st-s2-cpu-7d0fcc07de (eager, 550 s), cifar10-st-s1-cpu-long-cb28467254 and "
-                                      "cifar10-sam-rho0.4-s1-cpu-long-719ae3b472 (compiled) retrained: weights_sha "
-                                      "3b54fd113dd0ce1f, 987cc4746d548950 and 43d1671b4d2ec929, the committed ones"}
+# f98623ceff42 differs from 0c2efa058a3f only in which methods a profile compiles (``Profile.compiles``: on
+# cpu-long ST and SAM still compile, AT no longer does, and no AT run of that profile existed); checked on
+# 2026-12-07 with `python -m lib restore` on one eager cpu run (fingerprint 15a7ff419d77) and one compiled
+# cpu-long run (0c2efa058a3f).
+EQUIVALENT_FINGERPRINTS = {"f98623ceff42": ("0c2efa058a3f", "eb5c81d3211f", "15a7ff419d77")}
+EQUIVALENCE_CHECKS = {"f98623ceff42": "cifar10-st-s2-cpu-7d0fcc07de (eager, 524 s) and cifar10-st-e4-s0-cpu-long-ff46e68f2a "
+                                      "(compiled, 504 s) retrained: weights_sha 3b54fd113dd0ce1f and a5cacf6a94bd54d3, "
+                                      "the committed ones; earlier (0c2efa058a3f against eb5c81d3211f and 15a7ff419d77): "
+                                      "cifar10-st-s2-cpu-7d0fcc07de, cifar10-st-s1-cpu-long-cb28467254 and "
+                                      "cifar10-sam-rho0.4-s1-cpu-long-719ae3b472"}
 
 
 def stale(results) -> list[str]:
