@@ -151,7 +151,7 @@ def fingerprint() -> str:
 # f98623ceff42 differs from 0c2efa058a3f only in which methods a profile compiles (``Profile.compiles``: on
 # cpu-long ST and SAM still compile, AT no longer does, and no AT run of that profile existed); checked on
 # 2026-12-07 with `python -m lib restore` on one eager cpu run (fingerprint 15a7ff419d77) and one compiled
-# cpu-long run (0c2efa058a3f).
+# cpu-long run (eb5c81d3211f); 0c2efa058a3f by way of eb5c81d3211f, checked equal to it before.
 EQUIVALENT_FINGERPRINTS = {"f98623ceff42": ("0c2efa058a3f", "eb5c81d3211f", "15a7ff419d77")}
 EQUIVALENCE_CHECKS = {"f98623ceff42": "cifar10-st-s2-cpu-7d0fcc07de (eager, 524 s) and cifar10-st-e4-s0-cpu-long-ff46e68f2a "
                                       "(compiled, 504 s) retrained: weights_sha 3b54fd113dd0ce1f and a5cacf6a94bd54d3, "
