@@ -286,6 +286,21 @@ def run(config: RunConfig, data_root=None, runs_root=None, device=None, download
     return load_run(path)
 
 
+def _same_curve(a: list, b: list) -> bool:
+    """Two learning curves (history rows) equal in every column that training computes (timings apart)."""
+    timing = {"epoch_seconds", "images_per_second"}
+
+    def value(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return str(v)
+
+    def keep(rows):
+        return [{k: value(v) for k, v in row.items() if k not in timing} for row in rows]
+    return bool(a) and keep(a) == keep(b)
+
+
 def restore_weights(path, data_root=None, device=None, progress: bool = True, scratch=None) -> dict:
     """Train a finished run's weights again when its model.pt is gone (weights are never committed), and
     install them only if they are the weights its results were made from.
@@ -316,9 +331,15 @@ def restore_weights(path, data_root=None, device=None, progress: bool = True, sc
                     retrain=True)
         digest = again.metrics.get("weights_sha")
         if digest != recorded:
+            if _same_curve(again.history, result.history):
+                why = ("its learning curve (history.csv) came out identical to the committed one in every digit, "
+                       "so the recorded digest is likely a legacy file hash (runs written before weights_sha "
+                       "digested the tensors, 2026-12-02), which no retraining reproduces")
+            else:
+                why = ("its learning curve differs from the committed history.csv too: the training is not "
+                       "bit-identical here (another CPU, torch or library version?)")
             raise SambookError(f"{path.name}: retrained weights {digest} differ from the recorded weights_sha "
-                               f"{recorded}; nothing was installed (the training is not bit-identical here: "
-                               f"another CPU, torch or library version?)")
+                               f"{recorded}; nothing was installed; {why}")
         atomic_write(path / MODEL, lambda p: shutil.copyfile(again.path / MODEL, p))
         return {"status": "restored", "weights_sha": digest, "run": path.name,
                 "train_seconds": again.metrics.get("train_seconds"), "device": again.metrics.get("device")}

@@ -210,7 +210,16 @@ def test_lost_weights_are_restored_only_when_bit_identical(tmp_path):
 
     (folder / runs.MODEL).unlink()
     write_json(folder / runs.METRICS, dict(r.metrics, weights_sha="0123456789abcdef"))
-    with pytest.raises(SambookError, match="differ from the recorded weights_sha 0123456789abcdef"):
+    with pytest.raises(SambookError, match="differ from the recorded weights_sha 0123456789abcdef") as e:
+        runs.restore_weights(folder, device="cpu", progress=False)
+    assert "legacy file hash" in str(e.value)          # same curve: the digest, not the training, differs
+    assert not (folder / runs.MODEL).exists()
+    hist = (folder / runs.HISTORY).read_text().splitlines()
+    cols = hist[0].split(",")
+    row = hist[1].split(",")
+    row[cols.index("train_loss")] = repr(float(row[cols.index("train_loss")]) + 1e-6)
+    (folder / runs.HISTORY).write_text("\n".join([hist[0], ",".join(row), *hist[2:]]) + "\n")
+    with pytest.raises(SambookError, match="not bit-identical here"):
         runs.restore_weights(folder, device="cpu", progress=False)
     assert not (folder / runs.MODEL).exists()
     assert main(["restore", "--run", str(tmp_path / "nowhere"), "--no-progress"]) == 2
