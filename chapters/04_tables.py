@@ -371,6 +371,13 @@ if PROFILE in SCALES:
                           caption="Clean accuracy (%) against training length, paper protocol; 95% intervals over "
                                   "seeds and test images; the test images differ between lengths")
         display(curve)
+    # in words, from the committed runs (the same sentence as the README's)
+    from IPython.display import Markdown
+
+    from lib import readme
+    said = readme.length_sentence("cpu-long")
+    if said:
+        display(Markdown(said[1]))
 
 # %% [markdown]
 # ## Exercises
@@ -383,6 +390,9 @@ if PROFILE in SCALES:
 # 3. Claim 1b allows SAM to lose up to half a point of clean accuracy. Judge it again with no margin at
 #    all (`lib.stats.judge` on the claim's cells, `margin=0`): can the verdict change, and in which
 #    direction only?
+# 4. In the length-axis table, the cells at 4 and 6 epochs rest on the first 2,000 test images, those
+#    at 10 epochs on all 10,000. Which of the interval's two components does that change, and by
+#    what factor at most?
 #
 # <details><summary>Solutions</summary>
 #
@@ -392,6 +402,10 @@ if PROFILE in SCALES:
 #    the number of images by (s.e. images / s.e. seeds)^2 (computed below).
 # 3. A stricter margin can only turn "holds" into "not resolved" or "does not hold", never the reverse
 #    (every cell must clear a higher bar); the check cell below does it on these runs.
+# 4. Only the test-image component: its standard error shrinks as one over the square root of the
+#    number of images, so five times the images make it sqrt(5), about 2.2 times, smaller. The seed
+#    component (three networks per cell at every length) does not change, and where it dominates, the
+#    interval hardly narrows.
 #
 # </details>
 
