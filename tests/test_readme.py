@@ -181,3 +181,36 @@ def test_the_runs_table_lists_every_committed_run_of_the_long_scale_with_its_cos
     r = found[0]
     assert any(f"{r.metrics['train_seconds']:,.0f}" in line and f" {r.config.seed} " in line for line in rows)
     assert readme._runs_block(readme.reproducing_path().read_text()) == text, "run `make readme`"
+
+
+def test_the_short_answer_sorts_each_cell_by_its_interval():
+    """The README's plain-words answer puts a budget under "raised" only when its interval lies above zero,
+    under "lowered" only when below, and under "no measurable difference" otherwise (a one-seed cell too,
+    with its seed count); clean accuracy likewise; AT's cells come from claim 3b."""
+    from lib.stats import Estimate
+
+    def row(col, mean, low, high, seeds=3):
+        return {"rho": 0.4, "column": col, "mean": mean, "low": low, "high": high, "seeds": seeds}
+    nan = float("nan")
+    rows = [row("Natural", -3.0, -3.5, -2.5), row("Linf 1/255", 2.0, -0.5, 4.5), row("Linf 2/255", 8.0, 7.0, 9.0),
+            row("L2 16/255", -2.0, -3.0, -1.0), row("L2 32/255", 5.0, nan, nan, seeds=1)]
+    claims = [{"id": "3b", "cells": {"L-inf 2/255": Estimate(30.0, nan, nan, seeds=1)}}]
+    text = readme.in_short(rows, claims, seeds_expected=3)
+    assert "raised robust accuracy at L-inf 2/255 (most at L-inf 2/255: +8.0 [+7.0, +9.0] points)" in text, text
+    assert "lowered it at L2 16/255 (L2 16/255: -2.0 [-3.0, -1.0])" in text, text
+    assert "made no measurable difference at L-inf 1/255 and L2 32/255" in text, text
+    assert "cost clean accuracy (-3.0 [-3.5, -2.5])" in text, text
+    assert "+30.0 (1 of 3 seeds) points for AT trained at L-inf 2/255" in text, text
+    # the same cells all inside their noise: nothing raised, nothing lowered, clean unchanged
+    flat = [dict(r, low=-abs(r["mean"]) - 1, high=abs(r["mean"]) + 1, seeds=3) for r in rows]
+    text = readme.in_short(flat, [], seeds_expected=3)
+    assert "raised" not in text and "lowered" not in text and "Adversarial training" not in text, text
+    assert "made no measurable difference to robust accuracy at L-inf 1/255, L-inf 2/255, L2 16/255 and L2 32/255" \
+        in text and "did not measurably change clean accuracy" in text, text
+
+
+def test_the_readme_stays_a_page():
+    """README.md is the answer, the two commands and links: at most 100 lines, the generated block included
+    (the rules table folds away under <details>)."""
+    lines = (paths.REPO_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 100, len(lines)
