@@ -345,7 +345,8 @@ if PROFILE in SCALES:
     parts = [f[f["label"].isin(keep)] for f in frames.values() if f is not None]
     if length_runs:
         parts.append(tables.results_frame(length_runs))
-    by_length = tables.sam_vs_st_by_length(pd.concat(parts, ignore_index=True))
+    by_epochs = pd.concat(parts, ignore_index=True)     # ST and SAM at every committed length
+    by_length = tables.sam_vs_st_by_length(by_epochs)
     lengths = sorted({r["epochs"] for r in by_length})
     print("training lengths with SAM and ST runs:", ", ".join(f"{e} epochs" for e in lengths))
     if by_length:
@@ -360,7 +361,7 @@ if PROFILE in SCALES:
         report.save_table(table, f"04_length_axis_{PROFILE}")
         display(table)
     # the absolute accuracies behind the gaps: the measured curve that chose the long scale's length
-    absolute = pd.DataFrame(tables.accuracy_by_length(pd.concat(parts, ignore_index=True)))
+    absolute = pd.DataFrame(tables.accuracy_by_length(by_epochs))
     if not absolute.empty:
         absolute["cell"] = [
             (f"{r.mean:.1f} [{r.low:.1f}, {r.high:.1f}]" if r.low == r.low else f"{r.mean:.1f}")
