@@ -210,7 +210,7 @@ def index_page(profile: str, chapters: list[str], figures: Path) -> str:
              "adversarial training (AT) does, only more weakly. This book re-runs their experiments, checks "
              "every robustness number against stronger attacks, and judges each claim over seeds.", ""]
     answered = False
-    for scale in ("paper", "fast", "cpu"):
+    for scale in ("paper", "fast", "cpu-long", "cpu"):      # the most real scale first
         part = _answer(scale, figures, figure=scale != headline)
         if part:
             lines += part

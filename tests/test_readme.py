@@ -214,3 +214,17 @@ def test_the_readme_stays_a_page():
     (the rules table folds away under <details>)."""
     lines = (paths.REPO_ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 100, len(lines)
+
+
+def test_the_first_page_answers_at_every_scale_with_committed_runs(tmp_path):
+    """The site's first page has a section for each profile whose runs are committed, the most real first
+    (cpu-long before cpu), whichever profile its chapters were built from."""
+    from lib import site
+    from lib.config import grid
+    scales = [s for s in ("cpu-long", "cpu") if any(r is not None for r in readme._committed(grid("core", s)))]
+    if not scales:
+        pytest.skip("no committed runs")
+    (tmp_path / "fig").mkdir()
+    page = site.index_page("smoke", [], tmp_path / "fig")
+    at = [page.index(f"## At the {s} scale") for s in scales]
+    assert at == sorted(at), scales
