@@ -353,10 +353,39 @@ def length_sentence(scale: str, root=None) -> list[str]:
     seeds = int(at["seeds"].max())
     between = sorted(set(rows["epochs"]) - {short, long})
     via = f", through {' and '.join(str(e) for e in between)} epochs," if between else ""
+    moved = gap_moves(rows.to_dict("records"))
     return ["", f"**Training longer.** SAM minus ST (points, paper protocol), as training grows from the `{LONG[0]}` "
                 f"scale ({short} epochs){via} to the `{LONG[1]}` scale ({long} epochs, "
                 f"{_seed_count(seeds, len(PROFILES[LONG[1]].seeds))}; chapter 4 draws every budget): "
-                + "; ".join(parts) + ". " + verdict_moves(*frames)]
+                + "; ".join(parts) + ". " + moved + verdict_moves(*frames)]
+
+
+def gap_moves(rows: list[dict]) -> str:
+    """One sentence: the cells (rho, clean or budget) where SAM - ST changed between the shortest and the longest
+    length by :func:`lib.tables.gap_change_by_length`'s rule (Holm over every cell), or that none did."""
+    from . import tables
+    from .attacks import threat_label
+    from .stats import fmt_p
+    changes = tables.gap_change_by_length(rows)
+    judged = [r for r in changes if r["word"] != "no interval"]
+    if not judged:
+        return ""
+    moved = [r for r in judged if r["word"] not in ("no change shown",)]
+    lo, hi = judged[0]["from"], judged[0]["to"]
+
+    def cell(r):
+        col = "clean" if r["column"] == "Natural" else threat_label(
+            next(k for k, v in tables.COLUMN_LABELS.items() if v == r["column"]))
+        return f"rho {r['rho']:g} {col} {r['change'].text()} (Holm p {fmt_p(r['p_holm'])})"
+    head = (f"From {lo} to {hi} epochs, the change in SAM minus ST (later minus earlier, 95 % interval; the two "
+            f"lengths' networks and test images taken as independent; Holm over {len(judged)} cells): ")
+    if not moved:
+        return head + "no cell changed measurably. "
+    gained = [cell(r) for r in moved if r["word"] == "SAM gained on ST"]
+    lost = [cell(r) for r in moved if r["word"] == "SAM lost ground"]
+    said = ([f"SAM gained on ST at {_listed(gained)}"] if gained else []) + (
+        [f"SAM lost ground at {_listed(lost)}"] if lost else [])
+    return head + "; ".join(said) + f"; no change shown in the other {len(judged) - len(moved)} cells. "
 
 
 def _seed_count(have: int, want: int) -> str:

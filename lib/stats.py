@@ -222,6 +222,31 @@ def judge(cells: dict, direction: int = +1, margin: float = 0.0, alpha: float = 
     return Judgement(OPEN, show(k) + " (the cell furthest from holding)", adj)
 
 
+def change(a: Estimate, b: Estimate, level: float = LEVEL) -> Estimate:
+    """``b - a`` for two estimates of other networks on other (or partly the same) test images: a contrast at
+    two training lengths, say. Their noise is added as if independent (each component: seeds and images), which
+    errs wide where the two share seeds' initialisations or test images (positively correlated noise cancels
+    in a difference); degrees of freedom by Welch-Satterthwaite over the four components, and never narrower
+    than the t interval over the seed components alone with the fewer seeds' degrees of freedom (the guard of
+    :func:`estimate`, so that :meth:`Estimate.p_value` < 0.05 exactly when the interval excludes zero). No
+    interval where either side has none."""
+    m = b.mean - a.mean
+    seeds, images = min(a.seeds, b.seeds), min(a.images, b.images)
+    if not (a.resolved and b.resolved):
+        return Estimate(m, seeds=seeds, images=images)
+    parts = [(a.se_seed ** 2, a.seeds - 1), (b.se_seed ** 2, b.seeds - 1),
+             (a.se_image ** 2, a.images - 1), (b.se_image ** 2, b.images - 1)]
+    parts = [(v, d) for v, d in parts if v == v and v > 0 and d > 0]
+    v = sum(v for v, _ in parts)
+    v_seed, v_img = a.se_seed ** 2 + b.se_seed ** 2, (a.se_image ** 2 if a.se_image == a.se_image else 0.0) + (
+        b.se_image ** 2 if b.se_image == b.se_image else 0.0)
+    denom = sum(v * v / d for v, d in parts)
+    df = v ** 2 / denom if denom > 0 else float(seeds - 1)
+    q = 0.5 + level / 2
+    half = max(float(st.t.ppf(q, df)) * math.sqrt(v), float(st.t.ppf(q, seeds - 1)) * math.sqrt(v_seed))
+    return Estimate(m, m - half, m + half, math.sqrt(v), math.sqrt(v_seed), math.sqrt(v_img), df, seeds, images)
+
+
 def config_spearman(x, y, groups) -> tuple[float, float, int]:
     """Spearman's rank correlation over configurations, not runs: the values of each group (one
     configuration's seeds) are averaged first, so seeds are never counted as independent samples.

@@ -581,8 +581,8 @@ def sam_vs_st(df, column_prefix: str = "paper") -> list[dict]:
                 continue
             e = paired(df, lab, "ST", key)
             rows.append({"rho": float(lab.split("=")[1]), "column": COLUMN_LABELS[col], "mean": e.mean,
-                         "low": e.low, "high": e.high, "se_seed": e.se_seed, "se_image": e.se_image,
-                         "seeds": e.seeds, "images": e.images})
+                         "low": e.low, "high": e.high, "se": e.se, "se_seed": e.se_seed, "se_image": e.se_image,
+                         "df": e.df, "seeds": e.seeds, "images": e.images})
     return rows
 
 
@@ -753,6 +753,39 @@ def sam_vs_st_by_length(df, column_prefix: str = "paper") -> list[dict]:
     for (prof, e), sub in df.groupby(["profile", "epochs"], sort=True):
         rows += [dict(r, epochs=int(e), profile=prof) for r in sam_vs_st(sub, column_prefix)]
     return sorted(rows, key=lambda r: (r["epochs"], r["rho"]))
+
+
+def gap_change_by_length(rows: list[dict], alpha: float = ALPHA) -> list[dict]:
+    """How SAM - ST moved between the shortest and the longest training length of :func:`sam_vs_st_by_length`'s
+    rows, per rho and column: the change (longest minus shortest, points; above zero SAM gained on ST as
+    training grew) with its 95 % interval (:func:`lib.stats.change`: the two lengths' networks and test images
+    taken as independent, which errs wide), and a word by one rule over all the cells at once: ``SAM gained
+    on ST`` / ``SAM lost ground`` where the Holm-adjusted p-value over the cells is under ``alpha``
+    (family-wise 5 %), else ``no change shown``. A cell without an interval at either end gets no p-value
+    and ``no interval``."""
+    from .stats import change, holm
+    by = {}
+    for r in rows:
+        by.setdefault((r["rho"], r["column"]), []).append(r)
+    out = []
+    for (rho, col), cells in by.items():
+        cells = sorted(cells, key=lambda r: r["epochs"])
+        if len(cells) < 2:
+            continue
+        a, b = (Estimate(c["mean"], c["low"], c["high"], c.get("se", math.nan), c["se_seed"], c["se_image"],
+                         c.get("df", math.nan), int(c["seeds"]), int(c["images"])) for c in (cells[0], cells[-1]))
+        e = change(a, b)
+        out.append({"rho": rho, "column": col, "from": cells[0]["epochs"], "to": cells[-1]["epochs"],
+                    "change": e, "p": e.p_value()})
+    judged = [r for r in out if r["p"] == r["p"]]
+    for r, adj in zip(judged, holm([r["p"] for r in judged])):
+        r["p_holm"] = float(adj)
+    for r in out:
+        adj = r.get("p_holm", math.nan)
+        r["p_holm"] = adj
+        r["word"] = ("no interval" if adj != adj else "no change shown" if adj >= alpha
+                     else "SAM gained on ST" if r["change"].mean > 0 else "SAM lost ground")
+    return out
 
 
 def accuracy_by_length(df, labels=("ST", "SAM rho=0.1", "SAM rho=0.4"), column: str = "natural") -> list[dict]:

@@ -371,3 +371,56 @@ def test_outcomes_on_different_images_or_orders_are_never_paired():
     df.loc[(df["label"] == "ST") & (df["seed"] == 1), "images_natural"] = "bbbb"
     with pytest.raises(SambookError, match=r"different test images or orders.*bbbb: ST-s1"):
         tables.paired(df, "SAM rho=0.1", "ST", "natural")
+
+
+def _contrast(rng, n, delta, seed_sd=0.01):
+    """An images x 3 seeds paired contrast (0/1 outcomes of two models) whose expectation is ``delta``."""
+    a = (rng.random((n, 3)) < 0.5 + delta).astype(float)
+    b = (rng.random((n, 3)) < 0.5).astype(float)
+    return a - b + rng.normal(0, seed_sd, 3)[None, :]
+
+
+def test_a_change_between_two_lengths_adds_both_noises_and_keeps_its_coverage():
+    """lib.stats.change (how SAM - ST moved between two training lengths): its mean is the difference, its
+    interval mirrors when the two are swapped, its p-value agrees with its interval, it is wider than either
+    side's, and over independent replicates with a known change it covers the truth at least 95 % of the
+    time (it may err wide, never narrow)."""
+    rng = np.random.default_rng(11)
+    a, b = stats.estimate(_contrast(rng, 2000, 0.00)), stats.estimate(_contrast(rng, 10000, 0.08))
+    e, back = stats.change(a, b), stats.change(b, a)
+    assert e.mean == pytest.approx(b.mean - a.mean)
+    assert (e.low, e.high) == pytest.approx((-back.high, -back.low))
+    assert e.high - e.low > max(a.high - a.low, b.high - b.low)
+    assert (e.p_value() < 0.05) == (e.low > 0 or e.high < 0)
+    assert not stats.change(a, stats.Estimate(3.0, seeds=1)).resolved       # one seed at one end: no interval
+    truth, covered, reps = 2.0, 0, 400
+    for _ in range(reps):
+        e = stats.change(stats.estimate(_contrast(rng, 400, 0.0, seed_sd=0.02)),
+                         stats.estimate(_contrast(rng, 400, truth / 100, seed_sd=0.02)))
+        covered += e.low <= truth <= e.high
+    assert covered / reps >= 0.95, covered / reps
+
+
+def test_the_gap_moves_with_length_only_by_the_holm_rule():
+    """tables.gap_change_by_length: per rho and column, the shortest length against the longest; a large
+    change is read as SAM gaining (or losing) ground, one that clears its own interval but not Holm's
+    correction over the cells is "no change shown", and a one-seed end has no interval."""
+    def row(rho, col, epochs, mean, se, seeds=3, images=2000):
+        lo, hi = (mean - 4.3 * se, mean + 4.3 * se) if seeds > 1 else (math.nan, math.nan)
+        return {"rho": rho, "column": col, "epochs": epochs, "mean": mean, "low": lo, "high": hi, "se": se,
+                "se_seed": se, "se_image": 0.0, "df": 2.0, "seeds": seeds, "images": images}
+    rows = [row(0.4, "Natural", 2, -15.0, 0.3), row(0.4, "Natural", 10, -3.0, 0.3),       # moved: +12
+            row(0.4, "Linf 2/255", 2, 8.0, 0.3), row(0.4, "Linf 2/255", 10, 4.0, 0.3),    # moved: -4
+            row(0.1, "Natural", 2, -1.0, 0.3), row(0.1, "Natural", 6, 0.0, 0.3, seeds=1),
+            row(0.1, "Natural", 10, 0.2, 0.3)]                                           # within noise
+    rows += [row(0.1, f"L2 {k}/255", e, m, 0.3) for k in (16, 32) for e, m in ((2, 0.0), (10, 2.3))]
+    got = {(r["rho"], r["column"]): r for r in tables.gap_change_by_length(rows)}
+    assert {(k, r["from"], r["to"]) for k, r in got.items()} == {(k, 2, 10) for k in got}
+    assert got[(0.4, "Natural")]["word"] == "SAM gained on ST"
+    assert got[(0.4, "Linf 2/255")]["word"] == "SAM lost ground"
+    assert got[(0.1, "Natural")]["word"] == "no change shown"
+    # +2.3 clears its own 95 % interval (p < 0.05) but not Holm over the five cells
+    l2 = got[(0.1, "L2 16/255")]
+    assert l2["change"].low > 0 and l2["p"] < 0.05 <= l2["p_holm"] and l2["word"] == "no change shown"
+    one = tables.gap_change_by_length([row(0.4, "Natural", 2, -15.0, 0.3), row(0.4, "Natural", 10, -3.0, 0, seeds=1)])
+    assert one[0]["word"] == "no interval" and not one[0]["change"].resolved
