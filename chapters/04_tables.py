@@ -372,7 +372,8 @@ if PROFILE in SCALES:
             moved = pd.DataFrame({"rho": moved["rho"], "column": moved["column"],
                                   "epochs": [f"{a} → {b}" for a, b in zip(moved["from"], moved["to"])],
                                   "change (points)": [e.text() for e in moved["change"]],
-                                  "Holm p": [f"{p:.2g}" for p in moved["p_holm"]], "reading": moved["word"]})
+                                  "Holm p": [f"{p:.2g}" for p in moved["p_holm"]],
+                                  "reading": moved["word"]}).set_index(["rho", "column"])
             report.save_table(moved, f"04_length_change_{PROFILE}",
                               caption="The change in SAM - ST from the shortest to the longest training length "
                                       "(later minus earlier; 95% intervals, the two lengths taken as independent; "
