@@ -413,6 +413,10 @@ if PROFILE in SCALES:
 # 4. In the length-axis table, the cells at 4 and 6 epochs rest on the first 2,000 test images, those
 #    at 10 epochs on all 10,000. Which of the interval's two components does that change, and by
 #    what factor at most?
+# 5. The length-change table adds the noise of the two lengths as if they were independent. Name two
+#    things the 2-epoch and the 10-epoch cells share, say which way each pushes the true variance of the
+#    change, and whether "no change shown" or "SAM gained on ST" is the reading a paired analysis could
+#    overturn.
 #
 # <details><summary>Solutions</summary>
 #
@@ -426,6 +430,12 @@ if PROFILE in SCALES:
 #    number of images, so five times the images make it sqrt(5), about 2.2 times, smaller. The seed
 #    component (three networks per cell at every length) does not change, and where it dominates, the
 #    interval hardly narrows.
+# 5. They share each seed's initialisation (the same seed starts both networks) and part of their test
+#    images (an image where SAM's flatter network helps at 2 epochs tends to be one where it helps at 10).
+#    Both most likely make the two cells' errors positively correlated, and Var(B - A) = Var(A) + Var(B)
+#    - 2 Cov(A, B) is then smaller than the sum the table uses: its intervals err wide. A paired analysis
+#    (the same images and seeds at both lengths) would narrow them, so it could turn "no change shown"
+#    into a change, while a "SAM gained on ST" reading would most likely stand.
 #
 # </details>
 
