@@ -179,6 +179,10 @@ def in_short(rows, claims, seeds_expected: int) -> str:
         cells = [r for r in rows if r["rho"] == rho]
         clean = next((est(r) for r in cells if r["column"] == "Natural"), None)
         robust = [(name(r["column"]), est(r)) for r in cells if r["column"] != "Natural"]
+        if not any(e.resolved for _, e in robust):
+            n = max((e.seeds for _, e in robust), default=0)
+            said.append(f"SAM with rho {rho:g} has no interval yet ({n} of {seeds_expected} seeds trained)")
+            continue
         groups = {k: [(n, e) for n, e in robust if side(e) == k] for k in ("above", "below", "unclear")}
         parts = []
         if groups["above"]:

@@ -202,6 +202,10 @@ def test_the_short_answer_sorts_each_cell_by_its_interval():
     assert "made no measurable difference at L-inf 1/255 and L2 32/255" in text, text
     assert "cost clean accuracy (-3.0 [-3.5, -2.5])" in text, text
     assert "+30.0 (1 of 3 seeds) points for AT trained at L-inf 2/255" in text, text
+    # a radius with one seed so far is not described as "no measurable difference"
+    one = [dict(r, rho=0.05, low=nan, high=nan, seeds=1) for r in rows]
+    text = readme.in_short(rows + one, claims, seeds_expected=3)
+    assert "SAM with rho 0.05 has no interval yet (1 of 3 seeds trained)" in text, text
     # the same cells all inside their noise: nothing raised, nothing lowered, clean unchanged
     flat = [dict(r, low=-abs(r["mean"]) - 1, high=abs(r["mean"]) + 1, seeds=3) for r in rows]
     text = readme.in_short(flat, [], seeds_expected=3)
