@@ -152,6 +152,15 @@ def _scale_sentence(profile: str, df, results) -> str:
             f"{st.mean():.1f} % clean accuracy (the paper's ST: {tables.PAPER['cifar10']['ST'][0]:.1f} %).")
 
 
+def _budget(column: str) -> str:
+    """A table column label (``Natural``, ``Linf 2/255``, ...) in the README's words: ``clean``, ``L-inf 2/255``."""
+    from . import tables
+    from .attacks import threat_label
+    if column == "Natural":
+        return "clean"
+    return threat_label(next(k for k, v in tables.COLUMN_LABELS.items() if v == column))
+
+
 def _listed(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -162,8 +171,6 @@ def in_short(rows, claims, seeds_expected: int) -> str:
     above zero), below it, or not told apart, and what it did to clean accuracy; then what AT bought over
     SAM (claim 3b's cells) where AT runs exist. A cell without an interval (one seed) counts as not told
     apart and says so."""
-    from . import tables
-    from .attacks import threat_label
     from .stats import Estimate
 
     def est(r):
@@ -172,13 +179,11 @@ def in_short(rows, claims, seeds_expected: int) -> str:
     def side(e):
         return "above" if e.resolved and e.low > 0 else "below" if e.resolved and e.high < 0 else "unclear"
 
-    def name(col):
-        return threat_label(next(k for k, v in tables.COLUMN_LABELS.items() if v == col))
     said = []
     for rho in sorted({r["rho"] for r in rows}, reverse=True):
         cells = [r for r in rows if r["rho"] == rho]
         clean = next((est(r) for r in cells if r["column"] == "Natural"), None)
-        robust = [(name(r["column"]), est(r)) for r in cells if r["column"] != "Natural"]
+        robust = [(_budget(r["column"]), est(r)) for r in cells if r["column"] != "Natural"]
         if not any(e.resolved for _, e in robust):
             n = max((e.seeds for _, e in robust), default=0)
             said.append(f"SAM with rho {rho:g} has no interval yet ({n} of {seeds_expected} seeds trained)")
@@ -324,7 +329,6 @@ def length_sentence(scale: str, root=None) -> list[str]:
     import pandas as pd
 
     from . import tables
-    from .attacks import threat_label
     from .config import PROFILES, grid
     if scale not in LONG:
         return []
@@ -350,7 +354,7 @@ def length_sentence(scale: str, root=None) -> list[str]:
                 est = tables.Estimate(r.mean, r.low, r.high, seeds=int(r.seeds)).text(
                     seeds_expected=len(PROFILES[LONG[1]].seeds))
                 said.append(f"{est} after {r.epochs}" + (" epochs" if k == 0 else ""))
-            name = "clean" if col == "Natural" else threat_label("linf_2")
+            name = _budget(col)
             parts.append(f"rho {rho:g} {name}: " + ", ".join(said))
     if not parts:
         return []
@@ -368,19 +372,16 @@ def gap_moves(rows: list[dict]) -> str:
     """One sentence: the cells (rho, clean or budget) where SAM - ST changed between the shortest and the longest
     length by :func:`lib.tables.gap_change_by_length`'s rule (Holm over every cell), or that none did."""
     from . import tables
-    from .attacks import threat_label
     from .stats import fmt_p
     changes = tables.gap_change_by_length(rows)
     judged = [r for r in changes if r["word"] != "no interval"]
     if not judged:
         return ""
-    moved = [r for r in judged if r["word"] not in ("no change shown",)]
+    moved = [r for r in judged if r["word"] != "no change shown"]
     lo, hi = judged[0]["from"], judged[0]["to"]
 
     def cell(r):
-        col = "clean" if r["column"] == "Natural" else threat_label(
-            next(k for k, v in tables.COLUMN_LABELS.items() if v == r["column"]))
-        return f"rho {r['rho']:g} {col} {r['change'].text()} (Holm p {fmt_p(r['p_holm'])})"
+        return f"rho {r['rho']:g} {_budget(r['column'])} {r['change'].text()} (Holm p {fmt_p(r['p_holm'])})"
     head = (f"From {lo} to {hi} epochs, the change in SAM minus ST (later minus earlier, 95 % interval; the two "
             f"lengths' networks and test images taken as independent; Holm over {len(judged)} cells): ")
     if not moved:
