@@ -668,10 +668,11 @@ def check_claims(df, measure: str = "paper") -> list[dict]:
     measure. Never forced: one seed gives "not resolved at this scale".
     """
     out = []
+    k = _seeds_expected(df)
+    df, waiting = _judgeable(df)
     labels = set(df["label"])
     sams = _sam_labels(df)
     ats = [l for l in dict.fromkeys(df["label"]) if l.startswith("AT ")]
-    k = _seeds_expected(df)
     rho = {l: l.split("=")[1] for l in sams}
     threats = [t for t in ROBUST if f"{measure}_{t}" in df]
 
@@ -706,7 +707,20 @@ def check_claims(df, measure: str = "paper") -> list[dict]:
             missing(cid, "needs ST, SAM and AT runs")
     if "ST" in labels and sams and "train_seconds" in df:
         out.append(_time_claim(df, sams, ats))
-    return [_with_coverage(c, df, sams, ats, threats) for c in out]
+    return [_with_coverage(c, df, sams, ats, threats, waiting, k) for c in out]
+
+
+def _judgeable(df) -> tuple["pd.DataFrame", dict]:
+    """The frame without the models trained at one seed so far, and those models ({label: seeds}). A model
+    with one seed has no interval, and any cell without one leaves its whole claim "not resolved"; so the
+    claims are judged on the models with two seeds or more, and the others are reported beside the verdict
+    (:func:`_with_coverage`) until their seeds are trained. Where no model has two seeds, the frame is kept
+    whole (every cell then says it has no interval)."""
+    n = df.groupby("label")["seed"].nunique()
+    waiting = {l: int(v) for l, v in n.items() if v < 2}
+    if not waiting or len(waiting) == len(n) or ("ST" in waiting):
+        return df, {}
+    return df[~df["label"].isin(list(waiting))], waiting
 
 
 def _grid_models(df) -> tuple[list, list] | None:
@@ -718,18 +732,24 @@ def _grid_models(df) -> tuple[list, list] | None:
     return [l for l in labels if l.startswith("SAM rho=")], [l for l in labels if l.startswith("AT ")]
 
 
-def _with_coverage(c: dict, df, sams, ats, threats) -> dict:
+def _with_coverage(c: dict, df, sams, ats, threats, waiting=None, seeds_expected=None) -> dict:
     """``c`` with ``coverage`` (e.g. "4 of 16 cells") where it was judged on fewer of its cells than the
-    profile's core grid defines (the radii or AT models not trained yet), said in its deciding text too: a
-    claim about every radius that holds at the one radius trained so far says so."""
+    profile's core grid defines (the radii or AT models not trained yet, or trained at one seed so far:
+    ``waiting``, {label: seeds}), said in its deciding text too: a claim about every radius that holds at the
+    radii trained so far says so, and names the ones left out."""
+    cid = c["id"].split()[0]
+    left = [l for l in (waiting or {}) if (l.startswith("SAM rho=") and cid in ("1a", "1b", "2", "3c"))
+            or (l.startswith("AT ") and cid in ("3a", "3b", "3c"))]
+    of = f" of {seeds_expected}" if seeds_expected else ""
+    out = ("not judged yet: " + ", ".join(f"{_short(l)} ({waiting[l]}{of} seed{'s' if (seeds_expected or waiting[l]) != 1 else ''})"
+                                           for l in left)) if left else ""
     grid_models = _grid_models(df)
     if grid_models is None or not c["cells"]:
-        return c
+        return dict(c, deciding=f"{c['deciding']}; {out}") if out else c
     g_sams, g_ats = grid_models
     s, a, t = len(set(sams) & set(g_sams)), len(set(ats) & set(g_ats)), len(threats)
     have_want = {"1a": (s * t, len(g_sams) * t), "1b": (s, len(g_sams)), "3a": (a, len(g_ats)),
                  "3b": (a, len(g_ats)), "3c": (s * a, len(g_sams) * len(g_ats))}
-    cid = c["id"].split()[0]
     if cid == "2":
         have, want, what = len(sams), len(g_sams), "radii"
     elif cid in have_want:
@@ -744,8 +764,13 @@ def _with_coverage(c: dict, df, sams, ats, threats) -> dict:
     if cid in ("3a", "3b", "3c"):
         trained.append(", ".join(ats))
     c = dict(c, coverage=f"{have} of {want} {what}")
-    c["deciding"] = f"{c['deciding']}; on {have} of the grid's {want} {what} ({' and '.join(trained)} trained so far)"
+    c["deciding"] = (f"{c['deciding']}; on {have} of the grid's {want} {what} ({' and '.join(trained)} "
+                     f"{'with two seeds or more' if left else 'trained so far'})" + (f"; {out}" if out else ""))
     return c
+
+
+def _short(label: str) -> str:
+    return "SAM rho " + label.split("=")[1] if label.startswith("SAM rho=") else label
 
 
 def sam_vs_st_by_length(df, column_prefix: str = "paper") -> list[dict]:

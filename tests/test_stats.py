@@ -284,6 +284,36 @@ def test_a_claim_judged_on_part_of_the_grid_says_so():
     assert two["2 linf_2"]["coverage"] == "2 of 4 radii"
 
 
+def test_a_model_with_one_seed_waits_beside_the_verdict_instead_of_blocking_it():
+    """cpu-long with SAM 0.1 and 0.4 at three seeds and SAM 0.05 (and an AT) at one: the claims are judged on
+    the models with two seeds or more and name the one-seed models as not judged yet; before, any cell
+    without an interval turned the whole claim "not resolved"."""
+    rows = []
+    for s in (0, 1, 2):
+        rows.append({"label": "ST", "seed": s, "rho": None, "profile": "cpu-long", "natural": 80 + 0.1 * s,
+                     **{f"paper_{t}": 40 + 0.1 * s for t in THREAT_NAMES}})
+        for r in (0.1, 0.4) + ((0.05,) if s == 0 else ()):
+            rows.append({"label": f"SAM rho={r:g}", "seed": s, "rho": r, "profile": "cpu-long",
+                         "natural": 80 + (0.2, -0.1, 0.3)[s],
+                         **{f"paper_{t}": 45 + (0.2, -0.1, 0.3)[s] + (10, 12, 9)[s] * r for t in THREAT_NAMES}})
+        rows.append({"label": "AT L-inf 2/255", "seed": s, "rho": None, "profile": "cpu-long",
+                     "natural": 70 + (0.3, -0.2, 0.1)[s], **{f"paper_{t}": 60 + (0.3, -0.2, 0.1)[s] for t in THREAT_NAMES}})
+    rows.append({"label": "AT L2 32/255", "seed": 0, "rho": None, "profile": "cpu-long", "natural": 72,
+                 **{f"paper_{t}": 58 for t in THREAT_NAMES}})
+    claims = {c["id"]: c for c in tables.check_claims(pd.DataFrame(rows))}
+    for cid in ("1a", "1b", "2 linf_2", "3a", "3b", "3c"):
+        assert claims[cid]["verdict"] == "holds", (cid, claims[cid]["deciding"])
+    assert claims["1a"]["coverage"] == "8 of 16 cells"
+    assert "not judged yet: SAM rho 0.05 (1 of 3 seeds)" in claims["1a"]["deciding"]
+    assert "AT L2" not in claims["1a"]["deciding"]
+    assert claims["2 linf_2"]["coverage"] == "2 of 4 radii"
+    assert "not judged yet: AT L2 32/255 (1 of 3 seeds)" in claims["3a"]["deciding"]
+    assert "SAM rho 0.05" in claims["3c"]["deciding"] and "AT L2 32/255" in claims["3c"]["deciding"]
+    # every model at one seed: nothing to judge on, and the claims say there is no interval
+    one = pd.DataFrame([r for r in rows if r["seed"] == 0])
+    assert all(c["verdict"] == "not resolved at this scale" for c in tables.check_claims(one))
+
+
 def test_an_interval_over_images_alone_is_the_t_interval_of_the_per_image_means():
     rng = np.random.default_rng(5)
     d = (rng.random((200, 2)) < 0.3).astype(float) - (rng.random((200, 2)) < 0.2).astype(float)
