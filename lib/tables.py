@@ -644,7 +644,9 @@ def claim_rules(df=None) -> "pd.DataFrame":
                      "multiplicity": ("one cell per budget, each its own verdict" if cid == "2" else
                                       "holds: intersection-union (no correction); does not hold: Holm")})
     out = pd.DataFrame(rows).set_index("claim")
-    out.attrs["otherwise"] = "not resolved at this scale (also whenever a cell has one seed or no spread)"
+    out.attrs["otherwise"] = ("not resolved at this scale (also whenever a cell has no spread, or every model one seed); a "
+                            "model trained at one seed so far while others have more is left out and named beside "
+                            "the verdict")
     return out
 
 
@@ -665,7 +667,8 @@ def check_claims(df, measure: str = "paper") -> list[dict]:
     Robust accuracy is read from the columns ``<measure>_<threat>`` (``paper``: the paper's protocol on
     every test image; ``strict``: the union of :data:`STRICT_PROTOCOLS` on a subset; ``papersub``: the
     paper's protocol on that subset); clean accuracy (every test image) and time are the same for every
-    measure. Never forced: one seed gives "not resolved at this scale".
+    measure. Never forced: one seed gives "not resolved at this scale"; where some models have two seeds or
+    more, those with one are left out and named ("not judged yet") beside the verdicts they would enter.
     """
     out = []
     k = _seeds_expected(df)
