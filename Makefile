@@ -38,7 +38,7 @@ endif
 
 help:
 	@echo "make book          execute every chapter and build the site (PROFILE=smoke|cpu|cpu-long|fast|paper; default: fast with a GPU,"
-	@echo "                   else cpu: the committed results, nothing trained; PROFILE=smoke trains tiny models in minutes)"
+	@echo "                   else the README's scale, cpu-long: committed results, nothing trained; PROFILE=smoke trains tiny models in minutes)"
 	@echo "make test          the test suite, then nbval over the smoke chapters (tests/notebooks)"
 	@echo "make test-isa      nbval again with the CPU kernels forced onto AVX2 code paths (another machine)"
 	@echo "make expectations  re-execute the smoke book and refresh nbval's expectations in tests/notebooks"

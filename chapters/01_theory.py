@@ -57,7 +57,7 @@
 # weights of a network. $\eta$ is the mean shift of a non-robust feature, and nothing else in the book.
 
 # %% tags=["parameters"]
-PROFILE = "cpu"       # smoke | cpu | cpu-long | fast | paper: Monte Carlo size of the training runs only
+PROFILE = "cpu-long"  # smoke | cpu | cpu-long | fast | paper: Monte Carlo size of the training runs only
 P = 0.9               # probability that the robust feature x_1 agrees with the label
 ETA = 0.1             # mean shift of each non-robust feature, in its standard deviations
 D = 100               # number of non-robust features

@@ -42,7 +42,7 @@
 # finished and stored beside it, so this chapter can render committed results without their weights.
 
 # %% tags=["parameters"]
-PROFILE = "cpu"       # smoke | cpu | cpu-long | fast | paper
+PROFILE = "cpu-long"  # smoke | cpu | cpu-long | fast | paper
 DATA = None           # data root; None means $SAMBOOK_DATA (see README)
 
 # %%

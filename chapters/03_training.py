@@ -29,7 +29,7 @@
 # method costs.
 
 # %% tags=["parameters"]
-PROFILE = "cpu"       # smoke | cpu | cpu-long | fast | paper
+PROFILE = "cpu-long"  # smoke | cpu | cpu-long | fast | paper
 DATA = None           # data root; None means $SAMBOOK_DATA
 DATASET = "cifar10"
 SEEDS = None          # None: the profile's seeds

@@ -27,7 +27,7 @@
 # paper-protocol number: the paper's attack is too weak on that model.
 
 # %% tags=["parameters"]
-PROFILE = "cpu"       # smoke | cpu | cpu-long | fast | paper
+PROFILE = "cpu-long"  # smoke | cpu | cpu-long | fast | paper
 DATA = None           # data root; None means $SAMBOOK_DATA
 SEEDS = None          # None: the profile's seeds
 SAM_MATCH = [0.05, 0.1, 0.2]   # our rho values compared with the paper's rho_1 < rho_2 < rho_3

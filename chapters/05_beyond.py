@@ -50,7 +50,7 @@
 # (training attack: the paper's PGD-10 at L-inf 8/255):
 
 # %% tags=["parameters"]
-PROFILE = "cpu"       # smoke | cpu | cpu-long | fast | paper
+PROFILE = "cpu-long"  # smoke | cpu | cpu-long | fast | paper
 DATA = None           # data root; None means $SAMBOOK_DATA
 
 # %%

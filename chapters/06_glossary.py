@@ -18,7 +18,7 @@
 # budgets, protocols, profiles) are printed from the code that uses them, so they cannot drift from it.
 
 # %% tags=["parameters"]
-PROFILE = "cpu"       # the glossary is the same for every profile
+PROFILE = "cpu-long"  # the glossary is the same for every profile
 
 # %% [markdown]
 # ## Symbols

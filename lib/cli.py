@@ -235,7 +235,8 @@ def _hparams(items) -> dict:
 
 def resolve_profile(name: str) -> str:
     """A profile name, ``auto`` resolved to the most real scale for this machine: ``fast`` with a GPU, else
-    ``cpu`` (whose results are committed: the book renders them without training). ``smoke`` is asked for
+    the README's scale (``cpu-long`` today; its results are committed: the book renders them without
+    training). ``smoke`` is asked for
     by name."""
     if name == "auto":
         from .book import default_profile
@@ -247,7 +248,7 @@ _profile = resolve_profile
 
 
 def profile_arg(p) -> None:
-    """``--profile`` with ``auto`` (the default: fast with a GPU, else cpu), checked at parse time."""
+    """``--profile`` with ``auto`` (the default: fast with a GPU, else the README's committed scale), checked at parse time."""
     names = ["auto", *PROFILES]
     p.add_argument("--profile", default="auto", type=_choice("profile", names), help=" | ".join(names))
 

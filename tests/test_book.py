@@ -24,17 +24,19 @@ def test_the_unchecked_cells_are_the_ones_listed():
 
 
 def test_the_chapters_default_to_what_make_book_renders_without_a_gpu(monkeypatch):
-    """Without a GPU, `make book` (PROFILE=auto) renders the committed cpu results, and a chapter opened in
-    Jupyter has the same default in its parameters cell; smoke is asked for by name."""
+    """Without a GPU, `make book` (PROFILE=auto) renders the committed results of the scale the README
+    answers from (cpu-long), and a chapter opened in Jupyter has the same default in its parameters cell;
+    smoke is asked for by name."""
     import jupytext
     import torch
 
     from lib import cli
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert book.default_profile() == cli.resolve_profile("auto") == "cpu"
+    from lib import readme
+    assert book.default_profile() == cli.resolve_profile("auto") == readme.headline_scale() == "cpu-long"
     for ch in book.list_chapters():
         params = [c for c in jupytext.read(ch).cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(params) == 1 and params[0].source.startswith('PROFILE = "cpu"'), ch.name
+        assert len(params) == 1 and params[0].source.startswith('PROFILE = "cpu-long"'), ch.name
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cli.resolve_profile("auto") == "fast" and cli.resolve_profile("smoke") == "smoke"
 
