@@ -406,9 +406,13 @@ def verdict_moves(short, long) -> str:
 
     def word(c):
         return c["verdict"].replace(" at this scale", "")
-    moved = [f"{cid} {word(a[cid])} → {word(b[cid])}" + (f" ({b[cid]['coverage']})" if b[cid].get("coverage") else "")
+    def name(cid):         # claim 2 is judged per budget: "2 linf_1" reads "2 at L-inf 1/255"
+        from .attacks import threat_label
+        k, _, t = cid.partition(" ")
+        return f"{k} at {threat_label(t)}" if t else k
+    moved = [f"{name(cid)} {word(a[cid])} → {word(b[cid])}" + (f" ({b[cid]['coverage']})" if b[cid].get("coverage") else "")
              for cid in a if cid in b and a[cid]["verdict"] != b[cid]["verdict"]]
-    same = [cid for cid in a if cid in b and a[cid]["verdict"] == b[cid]["verdict"]]
+    same = [name(cid) for cid in a if cid in b and a[cid]["verdict"] == b[cid]["verdict"]]
     text = f"Verdicts from `{LONG[0]}` to `{LONG[1]}`: " + ("; ".join(moved) if moved else "none changed")
     if same:
         text += f"; unchanged: {', '.join(same)}"

@@ -143,6 +143,7 @@ def test_the_verdict_sentence_names_what_moved_and_what_is_not_judged_yet():
     assert "until its runs are trained: 2, 3a, 3b, 3c" in text
     same = readme.verdict_moves(frame("cpu", -10, (0.1, 0.4)), frame("cpu-long", -10, (0.1, 0.4)))
     assert "none changed; unchanged: 1a, 1b" in same
+    assert "2 at L-inf 2/255" in same and "linf_2" not in same          # a reader's budget, not a column name
 
 
 def test_the_length_sentence_walks_every_committed_length_of_the_axis():
