@@ -234,12 +234,13 @@ def change(a: Estimate, b: Estimate, level: float = LEVEL) -> Estimate:
     seeds, images = min(a.seeds, b.seeds), min(a.images, b.images)
     if not (a.resolved and b.resolved):
         return Estimate(m, seeds=seeds, images=images)
-    parts = [(a.se_seed ** 2, a.seeds - 1), (b.se_seed ** 2, b.seeds - 1),
-             (a.se_image ** 2, a.images - 1), (b.se_image ** 2, b.images - 1)]
-    parts = [(v, d) for v, d in parts if v == v and v > 0 and d > 0]
+    def var(x):            # a missing component (no per-image outcomes: NaN) adds nothing
+        return x * x if x == x else 0.0
+    parts = [(var(a.se_seed), a.seeds - 1), (var(b.se_seed), b.seeds - 1),
+             (var(a.se_image), a.images - 1), (var(b.se_image), b.images - 1)]
+    parts = [(v, d) for v, d in parts if v > 0 and d > 0]
     v = sum(v for v, _ in parts)
-    v_seed, v_img = a.se_seed ** 2 + b.se_seed ** 2, (a.se_image ** 2 if a.se_image == a.se_image else 0.0) + (
-        b.se_image ** 2 if b.se_image == b.se_image else 0.0)
+    v_seed, v_img = var(a.se_seed) + var(b.se_seed), var(a.se_image) + var(b.se_image)
     denom = sum(v * v / d for v, d in parts)
     df = v ** 2 / denom if denom > 0 else float(seeds - 1)
     q = 0.5 + level / 2
