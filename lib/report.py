@@ -186,6 +186,19 @@ def _fmt(v, floatfmt: str) -> str:
     return str(v)
 
 
+def _index_names(df) -> list[str]:
+    """The header cells of the index: one per level (a MultiIndex gets a column per level, not a tuple)."""
+    return [n or "" for n in df.index.names]
+
+
+def _column_names(df) -> list[str]:
+    return [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+
+
+def _key_cells(key, idx: list) -> list[str]:
+    return [str(k) for k in key] if isinstance(key, tuple) and len(idx) > 1 else [str(key)]
+
+
 def _rows(df):
     """(index, *values) per row with each column's own type: ``iterrows`` would turn an integer column
     (seeds, images) into floats as soon as the row also holds a float."""
@@ -193,13 +206,13 @@ def _rows(df):
 
 
 def to_markdown(df, floatfmt: str = ".1f", caption: str | None = None) -> str:
-    idx = df.index.name or ""
-    cols = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    idx = _index_names(df)
+    cols = _column_names(df)
     lines = [caption, ""] if caption else []
-    lines.append("| " + " | ".join([idx] + cols) + " |")
-    lines.append("|" + "---|" * (len(cols) + 1))
+    lines.append("| " + " | ".join(idx + cols) + " |")
+    lines.append("|" + "---|" * (len(cols) + len(idx)))
     for key, *row in _rows(df):
-        lines.append("| " + " | ".join([str(key)] + [_fmt(v, floatfmt) for v in row]) + " |")
+        lines.append("| " + " | ".join(_key_cells(key, idx) + [_fmt(v, floatfmt) for v in row]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,10 +221,11 @@ def _to_latex(df, floatfmt: str, caption: str | None) -> str:
         return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
 
     lines = [f"% {caption}"] if caption else []
-    cols = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
-    lines.append("% " + " & ".join([esc(df.index.name or "")] + [esc(c) for c in cols]))
+    cols = _column_names(df)
+    idx = _index_names(df)
+    lines.append("% " + " & ".join([esc(n) for n in idx] + [esc(c) for c in cols]))
     for key, *row in _rows(df):
-        lines.append(" & ".join([esc(str(key))] + [esc(_fmt(v, floatfmt)) for v in row]) + r" \\")
+        lines.append(" & ".join([esc(k) for k in _key_cells(key, idx)] + [esc(_fmt(v, floatfmt)) for v in row]) + r" \\")
     return "\n".join(lines) + "\n"
 
 

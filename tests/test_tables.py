@@ -197,6 +197,19 @@ def test_saved_tables_keep_integer_columns_integer_and_leave_missing_cells_blank
     assert tex[1] == r"ST & 3 & 2000 & 71.2 \\"
 
 
+def test_a_table_with_two_index_levels_prints_one_column_per_level():
+    """The length-change table is indexed by (rho, column): its Markdown has a header cell for each level and
+    the levels' values in their own cells, never a Python tuple."""
+    from lib import report
+    df = pd.DataFrame({"reading": ["no change shown", "SAM gained on ST"]},
+                      index=pd.MultiIndex.from_tuples([(0.1, "clean"), (0.4, "L2 16/255")], names=["rho", "column"]))
+    md = report.to_markdown(df).splitlines()
+    assert md[0] == "| rho | column | reading |" and md[1] == "|---|---|---|"
+    assert md[3] == "| 0.4 | L2 16/255 | SAM gained on ST |" and "(" not in "".join(md)
+    tex = report._to_latex(df, ".1f", None).splitlines()
+    assert tex[0] == "% rho & column & reading" and tex[2] == r"0.4 & L2 16/255 & SAM gained on ST \\"
+
+
 def test_the_missing_note_names_the_missing_runs_per_seed():
     """A reader told that runs are missing learns which: each seed's missing runs by name, not only a count."""
     from lib import report
