@@ -880,7 +880,12 @@ def _time_claim(df, sams, ats) -> dict:
     r_at = {l: seed_interval(_ratios(df, l, "ST")) for l in ats}
     lo, hi = r_sam.low, r_sam.high
     if not r_sam.resolved or any(not v.resolved for v in r_at.values()):
-        v4, deciding = OPEN, "an interval is missing (one seed, or no pair trained on one processor and compiled alike)"
+        named = [("SAM", r_sam), *r_at.items()]
+        gone = [f"{k}: {_fmt_ratio(v)}" for k, v in named if not v.resolved]
+        have = [f"{k} {_fmt_ratio(v)}" for k, v in named if v.resolved]
+        v4, deciding = OPEN, ("no interval for " + "; ".join(gone) + " (a pair needs ST and the method trained at "
+                              "one seed on one kind of processor, compiled alike; an interval two such seeds)"
+                              + (f"; {', '.join(have)}" if have else ""))
     elif 1.5 <= lo and hi <= 2.5 and all(v.low > hi for v in r_at.values()):
         v4, deciding = HOLDS, f"SAM {_fmt_ratio(r_sam)}"
     elif hi < 1.5 or lo > 2.5 or any(v.high < lo for v in r_at.values()):

@@ -84,6 +84,9 @@ def test_time_ratios_pair_only_runs_compiled_alike():
     assert len(tables._ratios(df, "SAM rho=0.1", "ST")) == 3
     claim = next(c for c in tables.check_claims(df) if c["claim"].startswith("4."))
     assert claim["verdict"] == "not resolved at this scale" and "compiled alike" in claim["deciding"], claim
+    # the deciding text names the cell without an interval and still gives SAM's, which has one
+    assert "no interval for AT L-inf 1/255: no pair" in claim["deciding"]
+    assert re.search(r"; SAM \d\.\dx \[\d\.\d, \d\.\d\]$", claim["deciding"]), claim["deciding"]
     df["compiled"] = False
     claim = next(c for c in tables.check_claims(df) if c["claim"].startswith("4."))
     assert claim["verdict"] == "holds", claim
