@@ -361,7 +361,7 @@ def length_sentence(scale: str, root=None) -> list[str]:
     seeds = int(at["seeds"].max())
     between = sorted(set(rows["epochs"]) - {short, long})
     via = f", through {' and '.join(str(e) for e in between)} epochs," if between else ""
-    moved = gap_moves(rows.to_dict("records"))
+    moved = gap_moves(rows.to_dict("records")) + paired_moves(pd.concat(parts_, ignore_index=True))
     return ["", f"**Training longer.** SAM minus ST (points, paper protocol), as training grows from the `{LONG[0]}` "
                 f"scale ({short} epochs){via} to the `{LONG[1]}` scale ({long} epochs, "
                 f"{_seed_count(seeds, len(PROFILES[LONG[1]].seeds))}; chapter 4 draws every budget): "
@@ -372,25 +372,41 @@ def gap_moves(rows: list[dict]) -> str:
     """One sentence: the cells (rho, clean or budget) where SAM - ST changed between the shortest and the longest
     length by :func:`lib.tables.gap_change_by_length`'s rule (Holm over every cell), or that none did."""
     from . import tables
-    from .stats import fmt_p
-    changes = tables.gap_change_by_length(rows)
-    judged = [r for r in changes if r["word"] != "no interval"]
-    if not judged:
+    changes = [r for r in tables.gap_change_by_length(rows) if r["word"] != "no interval"]
+    if not changes:
         return ""
+    return _moves(changes, f"From {changes[0]['from']} to {changes[0]['to']} epochs, the change in SAM minus ST "
+                           f"(later minus earlier, 95 % interval; the two lengths' networks and test images taken as "
+                           f"independent; Holm over {len(changes)} cells): ")
+
+
+def paired_moves(frame) -> str:
+    """The same sentence for :func:`lib.tables.gap_change_paired`: the change between two lengths of one profile,
+    paired by seed and test image (cpu-long: 4 and 10 epochs, the first 2,000 test images)."""
+    from . import tables
+    changes = [r for r in tables.gap_change_paired(frame) if r["word"] != "no interval"]
+    if not changes:
+        return ""
+    r = changes[0]
+    return _moves(changes, f"Paired within `{r['profile']}` instead (from {r['from']} to {r['to']} epochs, the same "
+                           f"seeds and the first {min(c['change'].images for c in changes):,} test images at both "
+                           f"lengths; Holm over {len(changes)} cells): ")
+
+
+def _moves(judged: list[dict], head: str) -> str:
+    from .stats import fmt_p
     moved = [r for r in judged if r["word"] != "no change shown"]
-    lo, hi = judged[0]["from"], judged[0]["to"]
 
     def cell(r):
         return f"rho {r['rho']:g} {_budget(r['column'])} {r['change'].text()} (Holm p {fmt_p(r['p_holm'])})"
-    head = (f"From {lo} to {hi} epochs, the change in SAM minus ST (later minus earlier, 95 % interval; the two "
-            f"lengths' networks and test images taken as independent; Holm over {len(judged)} cells): ")
     if not moved:
         return head + "no cell changed measurably. "
     gained = [cell(r) for r in moved if r["word"] == "SAM gained on ST"]
     lost = [cell(r) for r in moved if r["word"] == "SAM lost ground"]
     said = ([f"SAM gained on ST at {_listed(gained)}"] if gained else []) + (
         [f"SAM lost ground at {_listed(lost)}"] if lost else [])
-    return head + "; ".join(said) + f"; no change shown in the other {len(judged) - len(moved)} cells. "
+    rest = len(judged) - len(moved)
+    return head + "; ".join(said) + (f"; no change shown in the other {rest} cell{'s' * (rest > 1)}. " if rest else ". ")
 
 
 def _seed_count(have: int, want: int) -> str:

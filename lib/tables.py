@@ -122,6 +122,9 @@ def run_row(result) -> dict:
             row["natural"] = rec["natural"]
             row[_mask_key("natural")] = unpack(rec["clean"], rec["n"])
             row["labels_digest"] = rec.get("labels_digest")
+            # which ordering of which test split the outcomes follow: a record on the first n images is a
+            # prefix of another record of the same stamp (lib.protocols evaluates x_test[:n])
+            row["paper_order"] = f"{rec.get('test_images')} images, {rec.get('test_order')}"
             row[_digest_key("natural")] = rec.get("labels_digest")
             for t, v in rec["threats"].items():
                 row[_mask_key(f"paper_{t}")] = unpack(v["robust"], rec["n"])
@@ -789,11 +792,12 @@ def gap_change_by_length(rows: list[dict], alpha: float = ALPHA) -> list[dict]:
     """How SAM - ST moved between the shortest and the longest training length of :func:`sam_vs_st_by_length`'s
     rows, per rho and column: the change (longest minus shortest, points; above zero SAM gained on ST as
     training grew) with its 95 % interval (:func:`lib.stats.change`: the two lengths' networks and test images
-    taken as independent, which errs wide), and a word by one rule over all the cells at once: ``SAM gained
+    taken as independent, which errs wide only where what they share correlates their errors positively;
+    :func:`gap_change_paired` pairs them where it can), and a word by one rule over all the cells at once: ``SAM gained
     on ST`` / ``SAM lost ground`` where the Holm-adjusted p-value over the cells is under ``alpha``
     (family-wise 5 %), else ``no change shown``. A cell without an interval at either end gets no p-value
     and ``no interval``."""
-    from .stats import change, holm
+    from .stats import change
     by = {}
     for r in rows:
         by.setdefault((r["rho"], r["column"]), []).append(r)
@@ -807,6 +811,12 @@ def gap_change_by_length(rows: list[dict], alpha: float = ALPHA) -> list[dict]:
         e = change(a, b)
         out.append({"rho": rho, "column": col, "from": cells[0]["epochs"], "to": cells[-1]["epochs"],
                     "change": e, "p": e.p_value()})
+    return _read_changes(out, alpha)
+
+
+def _read_changes(out: list[dict], alpha: float) -> list[dict]:
+    """The one rule of the length changes: Holm over every cell with a p-value, then a word per cell."""
+    from .stats import holm
     judged = [r for r in out if r["p"] == r["p"]]
     for r, adj in zip(judged, holm([r["p"] for r in judged])):
         r["p_holm"] = float(adj)
@@ -816,6 +826,52 @@ def gap_change_by_length(rows: list[dict], alpha: float = ALPHA) -> list[dict]:
         r["word"] = ("no interval" if adj != adj else "no change shown" if adj >= alpha
                      else "SAM gained on ST" if r["change"].mean > 0 else "SAM lost ground")
     return out
+
+
+def gap_change_paired(df, column_prefix: str = "paper", alpha: float = ALPHA) -> list[dict]:
+    """How SAM - ST moved between the shortest and the longest length *within one profile* (cpu-long: 4 and
+    10 epochs), paired: for each seed and test image, (SAM - ST at the longer length) - (SAM - ST at the
+    shorter), on the test images both lengths were evaluated on (the first ``n`` of one ordering: a record
+    on fewer images is a prefix of one on more, and the runs' ``paper_order`` stamps must agree) and the
+    seeds all four runs have; its interval over seeds and test images (:func:`lib.stats.estimate`) counts
+    what the lengths share instead of adding their noise as if independent (:func:`gap_change_by_length`).
+    Rows as :func:`gap_change_by_length`'s (``rho, column, from, to, change, p, p_holm, word``) plus
+    ``profile``; the same rule: Holm over every cell, family-wise ``alpha``."""
+    from .errors import SambookError
+    out = []
+    for prof, sub in df.groupby("profile", sort=True):
+        lengths = sorted(int(e) for e in sub["epochs"].unique())
+        if len(lengths) < 2:
+            continue
+        a, b = lengths[0], lengths[-1]
+        for lab in _sam_labels(sub):
+            for col in COLUMNS:
+                key = "natural" if col == "natural" else f"{column_prefix}_{col}"
+                mk = _mask_key(key)
+                if mk not in sub:
+                    continue
+                runs = {(l, e): sub[(sub["label"] == l) & (sub["epochs"] == e)].set_index("seed")
+                        for l in (lab, "ST") for e in (a, b)}
+                seeds = sorted(set.intersection(*(set(r.index) for r in runs.values())))
+                cols = []
+                for sd in seeds:
+                    masks = {k: r.at[sd, mk] for k, r in runs.items()}
+                    if not all(isinstance(m, np.ndarray) for m in masks.values()):
+                        continue
+                    stamps = {str(r.at[sd, "paper_order"]) for r in runs.values()}
+                    if len(stamps) != 1:
+                        raise SambookError(f"{key}: seed {sd}'s runs at {a} and {b} epochs were evaluated on "
+                                           f"different test orderings ({'; '.join(sorted(stamps))}); a paired change "
+                                           "needs the same images")
+                    n = min(len(m) for m in masks.values())
+                    gap = {e: masks[(lab, e)][:n].astype(float) - masks[("ST", e)][:n].astype(float) for e in (a, b)}
+                    cols.append(gap[b] - gap[a])
+                if not cols:
+                    continue
+                e = estimate(np.stack(cols, axis=1))
+                out.append({"profile": prof, "rho": float(lab.split("=")[1]), "column": COLUMN_LABELS[col],
+                            "from": a, "to": b, "change": e, "p": e.p_value()})
+    return _read_changes(out, alpha)
 
 
 def accuracy_by_length(df, labels=("ST", "SAM rho=0.1", "SAM rho=0.4"), column: str = "natural") -> list[dict]:

@@ -257,3 +257,28 @@ def test_real_jpeg_test_split_in_official_order_matches_the_exact_pixels(exact):
     ref = exact.x_test[:100].permute(0, 2, 3, 1).numpy().astype(float)
     assert np.abs(x - ref).mean() < 10                        # JPEG error: about 5.8/255
     assert np.abs(x[1:] - ref[:-1]).mean() > 40               # a neighbour's pixels: about 70/255
+
+
+def test_a_committed_record_on_fewer_test_images_is_the_prefix_of_the_ordering():
+    """The paired change across training lengths (lib.tables.gap_change_paired) compares a run evaluated on the
+    first 2,000 test images with one evaluated on all 10,000: each committed cpu-long paper record's labels
+    digest must be that of the first n labels of the ImageFolder test split in its official order."""
+    import json
+
+    from torchvision.datasets import ImageFolder
+
+    from lib import paths
+    from lib.protocols import labels_digest
+    src, path = D.find_source("cifar10", None, ("imagefolder",))
+    folder = ImageFolder(str(path / "test"))            # lists the files, decodes nothing
+    y = torch.tensor(folder.targets)
+    order, note = D.test_order_for(path, y, folder.classes)
+    y = y[order]
+    recs = sorted(paths.committed_runs_root().glob("*-cpu-long-*/eval/paper-*.json"))
+    ns = set()
+    for f in recs:
+        rec = json.loads(f.read_text())
+        assert rec["test_order"] == note, f
+        assert rec["labels_digest"] == labels_digest(y[:rec["n"]]), f"{f}: not the first {rec['n']} test images"
+        ns.add(rec["n"])
+    assert len(ns) >= 2, f"the check needs records on different numbers of images, found {sorted(ns)}"

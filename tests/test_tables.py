@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from lib import tables
+from lib.errors import SambookError
 from lib.attacks import THREAT_NAMES
 
 
@@ -336,3 +337,54 @@ def test_accuracy_by_length_is_each_lengths_own_mean_with_its_images():
     # the image noise counts: 200 images give a wider interval than 1,000 at a similar spread over seeds
     assert got[("ST", 2)]["high"] - got[("ST", 2)]["low"] > got[("ST", 10)]["high"] - got[("ST", 10)]["low"]
     assert [r["label"] for r in tables.accuracy_by_length(df)] == ["ST", "ST", "SAM rho=0.1"]
+
+
+def _length_frame(gain_at_10, n_short=400, n_long=1000, order="10000 images, the official order"):
+    """ST, SAM 0.1 and SAM 0.4 at 4 and 10 epochs, three seeds, per-example outcomes: at 4 epochs SAM and ST
+    are equally good; at 10 epochs SAM rho 0.4 gets ``gain_at_10`` of ST's wrong images right (seed by seed a
+    little differently). The 10-epoch runs are measured on more images; past the shorter's images ST wins
+    every one, which a paired change must never see."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in (0, 1, 2):
+        for e, n in ((4, n_short), (10, n_long)):
+            st = rng.random(n) < 0.6
+            masks = {"ST": st, "SAM rho=0.1": st.copy(), "SAM rho=0.4": st.copy()}
+            if e == 10:
+                wrong = np.flatnonzero(~st[:n_short])
+                flip = rng.choice(wrong, int(len(wrong) * gain_at_10 * (1 + 0.2 * (s - 1))), replace=False)
+                masks["SAM rho=0.4"][flip] = True
+                masks["SAM rho=0.1"][flip[: len(flip) // 10]] = True
+                for lab in ("SAM rho=0.1", "SAM rho=0.4"):
+                    masks[lab][n_short:] = False
+                masks["ST"][n_short:] = True
+            for lab, m in masks.items():
+                row = {"label": lab, "seed": s, "profile": "cpu-long", "epochs": e, "paper_order": order,
+                       "rho": float(lab.split("=")[1]) if "=" in lab else None, "natural": 100 * m.mean(),
+                       "ok_natural": m}
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_the_paired_length_change_reads_the_same_images_and_seeds_at_both_lengths():
+    rows = {r["rho"]: r for r in tables.gap_change_paired(_length_frame(0.3))}
+    big, small = rows[0.4], rows[0.1]
+    # SAM 0.4 got about 30 % of ST's wrong images (about 40 % of the first 400) right: about +12 points,
+    # measured on the first 400 images only (the 10-epoch runs' extra images, where ST wins, are not read)
+    assert big["from"] == 4 and big["to"] == 10 and big["change"].images == 400 and big["change"].seeds == 3
+    assert 10 < big["change"].mean < 14 and big["change"].low > 0 and big["word"] == "SAM gained on ST"
+    assert small["change"].mean < big["change"].mean and small["p_holm"] >= big["p_holm"]
+    none = {r["rho"]: r for r in tables.gap_change_paired(_length_frame(0.0))}
+    assert none[0.4]["word"] in ("no change shown", "no interval") and abs(none[0.4]["change"].mean) < 1e-9
+    mixed = _length_frame(0.3)
+    mixed.loc[(mixed["epochs"] == 10) & (mixed["seed"] == 1), "paper_order"] = "10000 images, a fixed random order"
+    with pytest.raises(SambookError, match="different test orderings"):
+        tables.gap_change_paired(mixed)
+    # the README's clause says the same, on the images and lengths it rests on
+    from lib import readme
+    said = readme.paired_moves(_length_frame(0.3))
+    assert said.startswith("Paired within `cpu-long` instead (from 4 to 10 epochs, the same seeds and the first "
+                           "400 test images") and "SAM gained on ST at rho 0.4 Natural" not in said
+    assert re.search(r"SAM gained on ST at .*rho 0\.4 clean \+1\d\.\d \[", said), said
+    assert "other 0 cells" not in said                   # every cell moved here: nothing left to mention
