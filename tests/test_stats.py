@@ -454,3 +454,17 @@ def test_the_gap_moves_with_length_only_by_the_holm_rule():
     assert l2["change"].low > 0 and l2["p"] < 0.05 <= l2["p_holm"] and l2["word"] == "no change shown"
     one = tables.gap_change_by_length([row(0.4, "Natural", 2, -15.0, 0.3), row(0.4, "Natural", 10, -3.0, 0, seeds=1)])
     assert one[0]["word"] == "no interval" and not one[0]["change"].resolved
+
+
+def test_a_ratio_interval_stays_positive_and_treats_a_ratio_and_its_inverse_alike():
+    """Time ratios (claim 4) get a geometric mean and a t interval on the log scale: never below zero even
+    where the ratios spread widely, and the interval of the inverses is the inverse of the interval."""
+    r = stats.ratio_interval([1.0, 1.05, 2.65])
+    assert 0 < r.low < r.mean < r.high and r.seeds == 3
+    assert math.isclose(r.mean, (1.0 * 1.05 * 2.65) ** (1 / 3))
+    inv = stats.ratio_interval([1 / 1.0, 1 / 1.05, 1 / 2.65])
+    assert math.isclose(inv.low, 1 / r.high) and math.isclose(inv.high, 1 / r.low)
+    assert not stats.ratio_interval([2.0]).resolved                          # one seed: no interval
+    for bad in ([2.0, float("nan")], [2.0, 0.0]):
+        with pytest.raises(ValueError, match="positive and finite"):
+            stats.ratio_interval(bad)
