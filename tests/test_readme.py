@@ -157,7 +157,7 @@ def test_the_length_sentence_walks_every_committed_length_of_the_axis():
         pytest.skip("no committed run of the training-length axis")
     df = tables.results_frame(axis)
     lengths = sorted(set(df[df["label"] == "ST"]["epochs"]) & set(df[df["label"] == "SAM rho=0.1"]["epochs"]))
-    text = readme.length_sentence("cpu-long")[1]
+    text = "\n".join(readme.length_sentence("cpu-long"))
     rho01 = text.split("rho 0.1 clean: ")[1].split(";")[0]
     said = [int(e) for e in re.findall(r"after (\d+)", rho01)]
     assert said == sorted({2, 10, *lengths}), (said, lengths)
@@ -165,6 +165,26 @@ def test_the_length_sentence_walks_every_committed_length_of_the_axis():
     # (an interval, an interval and "(2 of 3 seeds)", or "(1 of 3 seeds)" alone)
     cells = re.findall(r"[+-]\d+\.\d( \[[^\]]+\])?( \(\d+ of \d+ seeds\))? after \d+", rho01)
     assert len(cells) == len(said) and all(any(c) for c in cells), rho01
+
+
+def test_the_length_lead_takes_the_largest_radius_with_intervals_at_both_ends():
+    """The paragraph's lead gives SAM - ST at the two ends of the length axis for one radius: the largest whose
+    four end cells (clean and L-inf 2/255, shortest and longest) all have an interval, not a one-seed cell."""
+    from lib import tables
+    from lib.stats import Estimate
+    lin = tables.COLUMN_LABELS["linf_2"]
+
+    def e(m, seeds=3):
+        return Estimate(m, m - 1, m + 1, seeds=seeds) if seeds > 1 else Estimate(m, float("nan"), float("nan"), seeds=1)
+    ends = {(0.1, "Natural"): (e(-2.0), e(-0.1)), (0.1, lin): (e(1.6), e(4.1)),
+            (0.4, "Natural"): (e(-15.8), e(-3.0, seeds=1)), (0.4, lin): (e(6.6), e(8.4, seeds=1))}
+    text = readme._length_lead(ends, 2, 10, 3)
+    assert "at rho 0.1 went from -2.0 [-3.0, -1.0] to -0.1 [-1.1, +0.9] in clean accuracy" in text, text
+    assert "from +1.6 [+0.6, +2.6] to +4.1 [+3.1, +5.1] at L-inf 2/255" in text and "rho 0.4" not in text
+    ends[0.4, "Natural"] = (e(-15.8), e(-3.0))
+    ends[0.4, lin] = (e(6.6), e(8.4, seeds=2))
+    assert "at rho 0.4 went from -15.8 [-16.8, -14.8] to -3.0 [-4.0, -2.0] in clean" in readme._length_lead(ends, 2, 10, 3)
+    assert "+8.4 [+7.4, +9.4] (2 of 3 seeds) at L-inf 2/255" in readme._length_lead(ends, 2, 10, 3)
 
 
 def test_the_runs_table_lists_every_committed_run_of_the_long_scale_with_its_cost():
