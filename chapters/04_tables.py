@@ -216,9 +216,11 @@ else:
 # beyond its margin in the claimed direction; it **does not hold** when some cell lies beyond the
 # margin the other way after Holm's correction over the claim's cells (so one chance cell among
 # sixteen cannot refute a claim); otherwise it is **not resolved at this scale** (always so with a
-# single seed). Claim 2 is judged at each budget on its own. A model trained at one seed so far, while
-# the others have more, has no interval yet: it is left out of the claims and named beside each verdict
-# it would enter ("not judged yet"), with the share of the grid the verdict rests on.
+# single seed). Claim 2 gives one verdict per budget; four verdicts given at once get Holm's correction
+# over the budgets, in both directions (a slope holds or does not hold only with a Holm-adjusted p under
+# 0.05). A model trained at one seed so far, while the others have more, has no interval yet: it is left
+# out of the claims and named beside each verdict it would enter ("not judged yet"), with the share of
+# the grid the verdict rests on.
 
 # %% [markdown]
 # The interval of one cell, as the library computes it: `d` holds, for each test image (rows) and seed

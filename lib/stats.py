@@ -222,6 +222,31 @@ def judge(cells: dict, direction: int = +1, margin: float = 0.0, alpha: float = 
     return Judgement(OPEN, show(k) + " (the cell furthest from holding)", adj)
 
 
+def judge_each(cells: dict, direction: int = +1, margin: float = 0.0, alpha: float = ALPHA, unit: str = "",
+               seeds_expected: int | None = None, family: str = "cells") -> dict:
+    """One verdict per cell ({name: Estimate} -> {name: Judgement}) for a claim stated separately at each cell
+    (claim 2 at each budget): Holm's correction over the cells, in both directions, so that the family of
+    verdicts given at once has a 5 % family-wise error. A cell ``holds`` when it lies beyond ``margin`` in
+    ``direction`` with a Holm-adjusted p-value under ``alpha``; ``does not hold`` when it lies beyond it the
+    other way with one; else not resolved at this scale. A cell without an interval is not resolved and
+    counts in the family with p = 1 (conservative)."""
+    names = list(cells)
+    raw = [cells[k].p_value(margin) if cells[k].resolved else 1.0 for k in names]
+    adj = dict(zip(names, holm(raw)))
+    out = {}
+    for k in names:
+        e = cells[k]
+        shown = f"{k}: {e.text(seeds_expected=seeds_expected)}{unit}"
+        if not e.resolved:
+            out[k] = Judgement(OPEN, shown + " (no interval)", adj)
+            continue
+        how = f"Holm p {fmt_p(adj[k])} over {len(names)} {family}" if len(names) > 1 else f"p {fmt_p(adj[k])}"
+        side = direction * (e.mean - margin)
+        verdict = HOLDS if adj[k] < alpha and side > 0 else REFUTED if adj[k] < alpha and side < 0 else OPEN
+        out[k] = Judgement(verdict, f"{shown}, {how}", adj)
+    return out
+
+
 def change(a: Estimate, b: Estimate, level: float = LEVEL) -> Estimate:
     """``b - a`` for two estimates of other networks on other (or partly the same) test images: a contrast at
     two training lengths, say. Their noise is added as if independent (each component: seeds and images), which

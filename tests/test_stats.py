@@ -131,6 +131,30 @@ def test_claim_2_is_judged_per_budget():
     assert set(v) == {f"2 {t}" for t in THREAT_NAMES}
 
 
+def test_claim_2_corrects_for_its_four_budgets_in_both_directions():
+    """Claim 2 gives four verdicts at once (one per budget), so Holm runs over the budgets: a slope whose own
+    interval just excludes zero (p = 0.017, the cpu-long L2 16/255 cell) is not refuted beside three budgets
+    with larger p-values, while a slope far from zero holds or does not hold as before."""
+    import scipy.stats as st
+    from lib.stats import HOLDS, OPEN, REFUTED, Estimate, judge_each
+
+    def cell(mean, p, df=2):                     # an Estimate with two-sided p-value p over seeds alone
+        se = abs(mean) / st.t.isf(p / 2, df)
+        half = st.t.ppf(0.975, df) * se
+        return Estimate(mean, mean - half, mean + half, se, se, 0.0, df, df + 1, 1)
+    cells = {"a": cell(5.7, 0.053), "b": cell(17.3, 0.0028), "c": cell(-4.1, 0.017), "d": cell(1.3, 0.2)}
+    assert cells["c"].high < 0 and abs(cells["c"].p_value() - 0.017) < 1e-6     # alone, it would not hold
+    got = judge_each(cells, family="budgets")
+    assert {k: j.verdict for k, j in got.items()} == {"a": OPEN, "b": HOLDS, "c": OPEN, "d": OPEN}
+    assert "Holm p = 0.051 over 4 budgets" in got["c"].deciding      # 3 x 0.017: the second smallest
+    strong = judge_each({**cells, "c": cell(-32.4, 0.0029)})
+    assert strong["c"].verdict == REFUTED and strong["b"].verdict == HOLDS
+    one = judge_each({"c": cells["c"]})                          # a family of one: no correction
+    assert one["c"].verdict == REFUTED and "p = 0.017" in one["c"].deciding
+    lone = judge_each({**cells, "b": Estimate(17.3, seeds=1)})    # no interval: not resolved, counted with p = 1
+    assert lone["b"].verdict == OPEN and "(no interval)" in lone["b"].deciding
+
+
 def test_a_correlation_over_configurations_does_not_grow_with_seeds():
     """Duplicating each configuration as extra seeds must not shrink the p-value: seeds are averaged first."""
     rng = np.random.default_rng(1)
