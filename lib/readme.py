@@ -373,9 +373,9 @@ def _length_lead(ends: dict, short: int, long: int, want: int) -> str:
     """The lead of the README's training-length paragraph: SAM minus ST at both ends of the length axis, clean
     and at L-inf 2/255, for the largest radius whose four end cells all have an interval (else the largest)."""
     from . import tables
-    full = [rho for rho, _ in ends if all(e.resolved for c in ("Natural", tables.COLUMN_LABELS["linf_2"])
-                                          for e in ends.get((rho, c), ()))
-            and len({c for r, c in ends if r == rho}) == 2]
+    cols = ("Natural", tables.COLUMN_LABELS["linf_2"])
+    full = [rho for rho in {r for r, _ in ends}
+            if all((rho, c) in ends and all(e.resolved for e in ends[rho, c]) for c in cols)]
     rho = max(full) if full else max(r for r, _ in ends)
     told = [f"from {a.text(seeds_expected=want)} to {b.text(seeds_expected=want)} {'in clean accuracy' if col == 'Natural' else 'at ' + _budget(col)}"
             for (r, col), (a, b) in ends.items() if r == rho]
